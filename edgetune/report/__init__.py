@@ -1,0 +1,6 @@
+"""report: JSON and HTML reports, written in one place that every capability extends."""
+
+from edgetune.report.html import SECTIONS, render_html, write_html
+from edgetune.report.schema import SCHEMA, load_report, new_report, write_json
+
+__all__ = ["SCHEMA", "SECTIONS", "load_report", "new_report", "render_html", "write_html", "write_json"]
