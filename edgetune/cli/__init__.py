@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from typing import Any
@@ -15,21 +16,37 @@ from edgetune.errors import EdgetuneError
 __all__ = ["cli", "main"]
 
 COMMANDS: dict[str, str] = {
+    "agent": "edgetune.cli.bench:agent",
+    "analyze": "edgetune.cli.optimize:analyze",
+    "bench": "edgetune.cli.bench:bench",
+    "bundle": "edgetune.cli.bundle:bundle",
+    "cascade": "edgetune.cli.cascade:cascade",
     "demo": "edgetune.cli.demo:demo",
+    "diverge": "edgetune.cli.bench:diverge",
     "evaluate": "edgetune.cli.evaluate:evaluate",
+    "fit": "edgetune.cli.inspect:fit",
+    "inspect": "edgetune.cli.inspect:inspect",
+    "keygen": "edgetune.cli.bundle:keygen",
+    "optimize": "edgetune.cli.optimize:optimize",
+    "ota": "edgetune.cli.ota:ota",
     "quantize": "edgetune.cli.quantize:quantize",
+    "serve": "edgetune.cli.cascade:serve",
 }
+
+
+def _available(target: str) -> bool:
+    return importlib.util.find_spec(target.partition(":")[0]) is not None
 
 
 class _LazyGroup(click.Group):
     """Imports a command's module only when that command is used or listed."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(name for name, target in COMMANDS.items() if _available(target))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
-        if target is None:
+        if target is None or not _available(target):
             return None
         module_name, _, attr = target.partition(":")
         command: click.Command = getattr(importlib.import_module(module_name), attr)
