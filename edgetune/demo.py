@@ -49,8 +49,11 @@ def run_demo(out_dir: Path | str, *, progress: Progress = NULL_PROGRESS) -> Demo
     check_writable(out_dir / "report.json", "demo output")
     files = {name: _copy(name, out_dir) for name in ASSETS}
     job = quantize_and_report(
-        files["model_fp32.onnx"], JobConfig(metric="top1"),
-        calib=files["calib.npz"], eval_data=files["eval.npz"], progress=progress,
+        files["model_fp32.onnx"],
+        JobConfig(metric="top1"),
+        calib=files["calib.npz"],
+        eval_data=files["eval.npz"],
+        progress=progress,
     )
     job.report["reproduce"] = _commands(out_dir)
     files["model_int8.onnx"] = job.quantized.model.save(out_dir / "model_int8.onnx")

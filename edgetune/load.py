@@ -123,7 +123,9 @@ def _load_torch(
         import torch
     except ImportError:
         raise MissingExtraError("torch", "torch", "loading a PyTorch module") from None
-    names_in = list(input_names or [f"input_{i}" if i else "input" for i in range(len(example_inputs))])
+    names_in = list(
+        input_names or [f"input_{i}" if i else "input" for i in range(len(example_inputs))]
+    )
     was_training = module.training
     module.eval()
     try:

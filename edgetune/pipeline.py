@@ -63,20 +63,29 @@ def quantize_and_report(
     sessions = {"float32": rt.session(fp32), "int8": rt.session(quantized.model)}
     baseline = result = None
     if eval_data is not None:
-        outs = {k: run_outputs(s, bench_data, progress=progress, label=f"evaluating {k}")
-                for k, s in sessions.items()}
+        outs = {
+            k: run_outputs(s, bench_data, progress=progress, label=f"evaluating {k}")
+            for k, s in sessions.items()
+        }
         baseline = _scored(fp32.name, metric, outs["float32"], outs["float32"])
         result = _scored(quantized.model.name, metric, outs["int8"], outs["float32"])
     feeds = list(bench_data.feeds(limit=config.bench_samples))
     latency = measure_interleaved(sessions, feeds, config.latency, progress=progress)
     report = build_report(fp32, quantized, baseline, result, latency, metric.name, rt.version())
-    return JobResult(fp32=fp32, quantized=quantized, baseline=baseline, result=result,
-                     latency=latency, report=report)
+    return JobResult(
+        fp32=fp32,
+        quantized=quantized,
+        baseline=baseline,
+        result=result,
+        latency=latency,
+        report=report,
+    )
 
 
 def _scored(name: str, metric: Any, outputs: RunOutputs, reference: RunOutputs) -> EvaluateResult:
-    return EvaluateResult(model_name=name, metric=metric(outputs, reference),
-                          n_samples=len(outputs), outputs=outputs)
+    return EvaluateResult(
+        model_name=name, metric=metric(outputs, reference), n_samples=len(outputs), outputs=outputs
+    )
 
 
 def build_report(
@@ -106,7 +115,9 @@ def build_report(
     return report
 
 
-def _entry(model: Model, evaluation: EvaluateResult | None, latency: LatencyStats) -> dict[str, Any]:
+def _entry(
+    model: Model, evaluation: EvaluateResult | None, latency: LatencyStats
+) -> dict[str, Any]:
     return {
         "model": model.name,
         "metric": evaluation.value if evaluation else None,

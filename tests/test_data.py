@@ -61,7 +61,8 @@ def test_unreadable_npz(tmp_path: Path) -> None:
 
 @pytest.fixture
 def data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "mydata.py").write_text(textwrap.dedent("""
+    (tmp_path / "mydata.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         def samples():
             for i in range(5):
@@ -70,7 +71,8 @@ def data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             yield {"input": np.zeros((1, 8, 8), np.float64)}
         def not_iterable():
             return 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "mydata"
     sys.modules.pop("mydata", None)

@@ -50,7 +50,7 @@ def test_load_refuses_external_data_outside_the_folder(tmp_path: Path) -> None:
 
 
 def test_load_rejects_unknown_objects() -> None:
-    with pytest.raises(ModelError, match="torch.nn.Module"):
+    with pytest.raises(ModelError, match=r"torch\.nn\.Module"):
         load(42)
 
 

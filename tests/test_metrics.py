@@ -9,8 +9,9 @@ from edgetune.errors import DataError, MetricError
 
 def _outputs(rows: list[list[float]], labels: list[int] | None = None) -> RunOutputs:
     per_sample = [[np.asarray([r], dtype=np.float32)] for r in rows]
-    return RunOutputs(names=["y"], per_sample=per_sample,
-                      labels=None if labels is None else np.asarray(labels))
+    return RunOutputs(
+        names=["y"], per_sample=per_sample, labels=None if labels is None else np.asarray(labels)
+    )
 
 
 def test_top1_is_a_fraction() -> None:
@@ -53,7 +54,7 @@ def test_callable_metric_gets_stacked_outputs() -> None:
 
 def test_callable_metric_must_return_a_number() -> None:
     with pytest.raises(MetricError, match="must return a number"):
-        get_metric(lambda o, l: "high")(_outputs([[1.0]]), None)
+        get_metric(lambda outputs, labels: "high")(_outputs([[1.0]]), None)
 
 
 def test_unknown_metric_lists_known() -> None:

@@ -51,8 +51,9 @@ def test_avx2_never_uses_full_range_u8s8() -> None:
 
 
 def test_pinned_settings_apply_to_every_candidate() -> None:
-    config = QuantizeConfig(mode=QuantMode.STATIC, activations=ActType.S8, per_channel=False,
-                            method=CalibMethod.ENTROPY)
+    config = QuantizeConfig(
+        mode=QuantMode.STATIC, activations=ActType.S8, per_channel=False, method=CalibMethod.ENTROPY
+    )
     cands = candidate_settings(config, Isa.AVX512_VNNI, ["Conv", "Gemm"])
     assert all(c.activations is ActType.S8 and not c.per_channel for c in cands)
     assert all(c.method is CalibMethod.ENTROPY and "method" in c.forced for c in cands)
@@ -113,16 +114,20 @@ def test_quantize_tiny_cnn_is_faithful_and_leaves_input_alone() -> None:
 
 
 def test_dynamic_mode_on_matmul_model() -> None:
-    result = quantize(tiny_mlp(), QuantizeConfig(mode=QuantMode.DYNAMIC, preprocess=False),
-                      data=tiny_mlp_data(32))
+    result = quantize(
+        tiny_mlp(), QuantizeConfig(mode=QuantMode.DYNAMIC, preprocess=False), data=tiny_mlp_data(32)
+    )
     assert result.settings.mode is QuantMode.DYNAMIC
     assert "MatMulInteger" in result.model.op_types()
 
 
 def test_quantizing_nothing_is_an_error() -> None:
     with pytest.raises(QuantizationError, match="no operator was quantized"):
-        quantize(tiny_cnn(), QuantizeConfig(op_types=("LSTM",), mode=QuantMode.STATIC),
-                 data=tiny_cnn_data(16))
+        quantize(
+            tiny_cnn(),
+            QuantizeConfig(op_types=("LSTM",), mode=QuantMode.STATIC),
+            data=tiny_cnn_data(16),
+        )
 
 
 def test_bad_config_values() -> None:

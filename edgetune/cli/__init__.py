@@ -64,7 +64,7 @@ class _Failure(click.ClickException):
 
     def __init__(self, error: EdgetuneError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        setattr(self, "exit_code", error.exit_code)  # noqa: B010 - a class variable in click
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
@@ -76,7 +76,9 @@ class _Failure(click.ClickException):
 def cli(verbose: int) -> None:
     """Take a trained model to an edge device: quantize, validate, benchmark, ship."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main() -> None:

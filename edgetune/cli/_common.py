@@ -45,7 +45,8 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress]:
         yield NULL_PROGRESS
         return
     from rich.console import Console
-    from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with RichProgress(*columns, console=Console(stderr=True), transient=True) as bar:
@@ -69,11 +70,21 @@ def summary_table(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "model" else "right")
     for label, key in (("float32", "baseline"), ("int8", "result")):
         e = report[key]
-        table.add_row(label, _kb(e["size_bytes"]), f"{e['latency_ms']['p50']:.3f}",
-                      f"{e['latency_ms']['p90']:.3f}", _num(e["metric"]))
+        table.add_row(
+            label,
+            _kb(e["size_bytes"]),
+            f"{e['latency_ms']['p50']:.3f}",
+            f"{e['latency_ms']['p90']:.3f}",
+            _num(e["metric"]),
+        )
     c = report["change"]
-    table.add_row("change", f"x{c['size_ratio']:.3f}", f"x{c['latency_p50_ratio']:.2f}", "",
-                  _signed(c["metric"]))
+    table.add_row(
+        "change",
+        f"x{c['size_ratio']:.3f}",
+        f"x{c['latency_p50_ratio']:.2f}",
+        "",
+        _signed(c["metric"]),
+    )
     console = Console()
     console.print(table)
     for reason in report["quantization"]["reasons"]:

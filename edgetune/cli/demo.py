@@ -12,8 +12,14 @@ __all__ = ["demo"]
 
 
 @click.command()
-@click.option("--out", "out_dir", default="edgetune-demo", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Folder for everything made.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="edgetune-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for everything made.",
+)
 @json_option
 def demo(out_dir: Path, as_json: bool) -> None:
     """Quantize the bundled CNN to INT8, evaluate and benchmark both, write reports to --out."""
@@ -25,7 +31,10 @@ def demo(out_dir: Path, as_json: bool) -> None:
         echo_json(result.job.report)
         return
     summary_table(result.job.report)
-    click.echo(f"\nEverything is in {out_dir}/: " + ", ".join(sorted(p.name for p in result.files.values())))
+    click.echo(
+        f"\nEverything is in {out_dir}/: "
+        + ", ".join(sorted(p.name for p in result.files.values()))
+    )
     click.echo("Repeat any step by hand:")
     for command in result.job.report["reproduce"]:
         click.echo(f"  {command}")

@@ -14,22 +14,39 @@ __all__ = ["evaluate"]
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--eval", "eval_data", required=True, help="Data: .npz or package.module:function.")
-@click.option("--metric", default="top1", show_default=True,
-              help="top1, fidelity, or package.module:function(outputs, labels) -> float.")
-@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
-              help="Float32 model to compare with (needed by --metric fidelity).")
+@click.option(
+    "--metric",
+    default="top1",
+    show_default=True,
+    help="top1, fidelity, or package.module:function(outputs, labels) -> float.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Float32 model to compare with (needed by --metric fidelity).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N samples.")
 @json_option
 def evaluate(
-    model: Path, eval_data: str, metric: str, reference: Path | None, limit: int | None,
+    model: Path,
+    eval_data: str,
+    metric: str,
+    reference: Path | None,
+    limit: int | None,
     as_json: bool,
 ) -> None:
     """Evaluate MODEL on --eval data with --metric."""
-    from edgetune.validate import EvaluateConfig, evaluate as run_evaluate
+    from edgetune.validate import EvaluateConfig
+    from edgetune.validate import evaluate as run_evaluate
 
     with progress_bar(not as_json) as progress:
-        result = run_evaluate(model, EvaluateConfig(metric=metric, limit=limit), data=eval_data,
-                              reference=reference, progress=progress)
+        result = run_evaluate(
+            model,
+            EvaluateConfig(metric=metric, limit=limit),
+            data=eval_data,
+            reference=reference,
+            progress=progress,
+        )
     if as_json:
         echo_json(result.to_dict())
         return

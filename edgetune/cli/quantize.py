@@ -29,17 +29,35 @@ def _op_types(text: str | None) -> tuple[str, ...] | None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--calib", required=True, help="Calibration data: .npz or package.module:function.")
 @click.option("--eval", "eval_data", help="Held-out data to evaluate float32 and INT8 on.")
-@click.option("--metric", default="top1", show_default=True,
-              help="top1, fidelity, or package.module:function(outputs, labels) -> float.")
-@click.option("--method", type=click.Choice([m.value for m in CalibMethod]),
-              help="Calibration method (default: try all, keep the best).")
-@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: measured).")
-@click.option("--dynamic/--static", default=None, help="Activation quantization (default: measured).")
-@click.option("--target-isa", type=click.Choice([i.value for i in Isa]),
-              help="Instruction set of the CPU the model will run on (default: this machine's).")
+@click.option(
+    "--metric",
+    default="top1",
+    show_default=True,
+    help="top1, fidelity, or package.module:function(outputs, labels) -> float.",
+)
+@click.option(
+    "--method",
+    type=click.Choice([m.value for m in CalibMethod]),
+    help="Calibration method (default: try all, keep the best).",
+)
+@click.option(
+    "--per-channel/--per-tensor", default=None, help="Weight granularity (default: measured)."
+)
+@click.option(
+    "--dynamic/--static", default=None, help="Activation quantization (default: measured)."
+)
+@click.option(
+    "--target-isa",
+    type=click.Choice([i.value for i in Isa]),
+    help="Instruction set of the CPU the model will run on (default: this machine's).",
+)
 @click.option("--reduce-range/--full-range", default=None, help="7-bit weights (default: by ISA).")
-@click.option("--activations", type=click.Choice([a.value for a in ActType]), help="Pin activation type.")
-@click.option("--weights", type=click.Choice([w.value for w in WeightType]), help="Pin weight type.")
+@click.option(
+    "--activations", type=click.Choice([a.value for a in ActType]), help="Pin activation type."
+)
+@click.option(
+    "--weights", type=click.Choice([w.value for w in WeightType]), help="Pin weight type."
+)
 @click.option("--op-types", help="Comma-separated operator types to quantize (default: measured).")
 @click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -47,29 +65,54 @@ def _op_types(text: str | None) -> tuple[str, ...] | None:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
 def quantize(
-    model: Path, calib: str, eval_data: str | None, metric: str, method: str | None,
-    per_channel: bool | None, dynamic: bool | None, target_isa: str | None,
-    reduce_range: bool | None, activations: str | None, weights: str | None,
-    op_types: str | None, exclude: tuple[str, ...], output: Path,
-    report_path: Path | None, html_path: Path | None, as_json: bool,
+    model: Path,
+    calib: str,
+    eval_data: str | None,
+    metric: str,
+    method: str | None,
+    per_channel: bool | None,
+    dynamic: bool | None,
+    target_isa: str | None,
+    reduce_range: bool | None,
+    activations: str | None,
+    weights: str | None,
+    op_types: str | None,
+    exclude: tuple[str, ...],
+    output: Path,
+    report_path: Path | None,
+    html_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Quantize MODEL to INT8 with settings chosen (and measured) for the target CPU."""
     from edgetune.pipeline import JobConfig, quantize_and_report
     from edgetune.report import write_html, write_json
 
-    for path, what in ((output, "model output"), (report_path, "report"), (html_path, "HTML report")):
+    for path, what in (
+        (output, "model output"),
+        (report_path, "report"),
+        (html_path, "HTML report"),
+    ):
         if path is not None:
             check_writable(path, what)
     qconfig = QuantizeConfig(
-        mode=_mode(dynamic), method=CalibMethod(method) if method else None,
-        per_channel=per_channel, target_isa=parse_isa(target_isa) if target_isa else None,
+        mode=_mode(dynamic),
+        method=CalibMethod(method) if method else None,
+        per_channel=per_channel,
+        target_isa=parse_isa(target_isa) if target_isa else None,
         activations=ActType(activations) if activations else None,
-        weights=WeightType(weights) if weights else None, reduce_range=reduce_range,
-        op_types=_op_types(op_types), exclude_nodes=exclude,
+        weights=WeightType(weights) if weights else None,
+        reduce_range=reduce_range,
+        op_types=_op_types(op_types),
+        exclude_nodes=exclude,
     )
     with progress_bar(not as_json) as progress:
-        job = quantize_and_report(model, JobConfig(quantize=qconfig, metric=metric), calib=calib,
-                                  eval_data=eval_data, progress=progress)
+        job = quantize_and_report(
+            model,
+            JobConfig(quantize=qconfig, metric=metric),
+            calib=calib,
+            eval_data=eval_data,
+            progress=progress,
+        )
     job.quantized.model.save(output)
     if report_path:
         write_json(job.report, report_path)

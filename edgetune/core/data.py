@@ -96,7 +96,7 @@ def resolve_callable(text: str, what: str) -> Callable[..., Any]:
         raise DataError(
             f"{what} {text!r}: module {module_name!r} has no callable {attr!r}; check the name"
         )
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +196,9 @@ def _call_factory(dataset: Dataset) -> Iterable[Mapping[str, Any]]:
     try:
         items = dataset.factory()
     except Exception as exc:  # user code
-        raise DataError(f"dataset callable {dataset.name!r} raised {type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"dataset callable {dataset.name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(items, Iterable):
         raise DataError(
             f"dataset callable {dataset.name!r} returned {type(items).__name__}; it must return "
@@ -205,12 +207,18 @@ def _call_factory(dataset: Dataset) -> Iterable[Mapping[str, Any]]:
     return items
 
 
-def bind(dataset: Dataset | str | Path | Mapping[str, np.ndarray], model: Model) -> BoundData:
+def bind(
+    dataset: BoundData | Dataset | str | Path | Mapping[str, np.ndarray], model: Model
+) -> BoundData:
     """Check ``dataset`` against ``model``'s inputs and return something to iterate."""
+    if isinstance(dataset, BoundData):
+        return dataset
     dataset = load_dataset(dataset)
     specs = {spec.name: spec for spec in model.inputs}
     if dataset.arrays is None:
-        plans = {name: _InputPlan(spec=spec, keeps_sample_axis=True) for name, spec in specs.items()}
+        plans = {
+            name: _InputPlan(spec=spec, keeps_sample_axis=True) for name, spec in specs.items()
+        }
         return BoundData(dataset, plans, None)
     arrays = dict(dataset.arrays)
     labels = arrays.pop(LABELS, None)
@@ -260,7 +268,9 @@ def _plan_input(array: np.ndarray, spec: TensorSpec, where: str) -> _InputPlan:
     )
 
 
-def _check_dims(given: tuple[int, ...], wanted: tuple[Any, ...], spec: TensorSpec, where: str) -> None:
+def _check_dims(
+    given: tuple[int, ...], wanted: tuple[Any, ...], spec: TensorSpec, where: str
+) -> None:
     for got, want in zip(given, wanted, strict=True):
         if isinstance(want, int) and want > 0 and got != want:
             raise DataError(

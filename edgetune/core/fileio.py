@@ -43,7 +43,7 @@ def atomic_path(path: Path, what: str = "output") -> Iterator[Path]:
         raise
 
 
-def _write(path: Path, writer: Callable[[Path], None], what: str) -> Path:
+def _write(path: Path, writer: Callable[[Path], object], what: str) -> Path:
     try:
         with atomic_path(path, what) as tmp:
             writer(tmp)

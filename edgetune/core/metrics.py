@@ -58,9 +58,14 @@ class MetricValue:
 
 
 class Metric(Protocol):
-    name: str
-    needs_labels: bool
-    needs_reference: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_labels(self) -> bool: ...
+
+    @property
+    def needs_reference(self) -> bool: ...
 
     def __call__(self, outputs: RunOutputs, reference: RunOutputs | None) -> MetricValue: ...
 
@@ -101,7 +106,9 @@ class Fidelity:
                 "compare models with the same outputs"
             )
         cos = _cosine_rows(got, want)
-        return MetricValue(name=self.name, value=float(cos.mean()), details=_fidelity_details(got, want, cos))
+        return MetricValue(
+            name=self.name, value=float(cos.mean()), details=_fidelity_details(got, want, cos)
+        )
 
 
 def _fidelity_details(got: np.ndarray, want: np.ndarray, cos: np.ndarray) -> dict[str, float]:

@@ -38,7 +38,11 @@ class TensorSpec:
         return None if self.shape is None else len(self.shape)
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
+        dims = (
+            "?"
+            if self.shape is None
+            else ",".join("?" if d is None else str(d) for d in self.shape)
+        )
         return f"{self.name}: {self.dtype}[{dims}]"
 
 

@@ -44,8 +44,10 @@ def render_html(report: dict[str, Any]) -> str:
     title = f"edgetune {report.get('kind', 'report')}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"]
     parts.append(f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>")
-    parts.append(f"<p>created {escape(str(report.get('created', '')))}, edgetune "
-                 f"{escape(str(report.get('edgetune_version', '')))}</p>")
+    parts.append(
+        f"<p>created {escape(str(report.get('created', '')))}, edgetune "
+        f"{escape(str(report.get('edgetune_version', '')))}</p>"
+    )
     for key in SECTIONS.names_in_order():
         if key in report:
             parts.append(SECTIONS.get(key)(report[key], report))
@@ -63,8 +65,15 @@ def _summary(result: dict[str, Any], report: dict[str, Any]) -> str:
     rows = []
     for label, entry in (("float32", base), ("quantized", result)):
         lat = entry.get("latency_ms") or {}
-        rows.append([label, entry.get("size_bytes", ""), lat.get("p50", ""), lat.get("p90", ""),
-                     entry.get("metric", "")])
+        rows.append(
+            [
+                label,
+                entry.get("size_bytes", ""),
+                lat.get("p50", ""),
+                lat.get("p90", ""),
+                entry.get("metric", ""),
+            ]
+        )
     metric = report.get("metric", {}).get("name", "metric")
     html = "<h2>Summary</h2>" + table(["model", "size (bytes)", "p50 ms", "p90 ms", metric], rows)
     for note in report.get("notes", []):
@@ -77,25 +86,42 @@ def _latency_plot(base: dict[str, Any], result: dict[str, Any]) -> str:
     if not lb or not lr:
         return ""
     keys = ["p50", "p90", "p99"]
-    return bar_chart(keys, {"float32": [lb[k] for k in keys], "quantized": [lr[k] for k in keys]},
-                     title="Latency per run (ms), measured interleaved", unit=" ms")
+    return bar_chart(
+        keys,
+        {"float32": [lb[k] for k in keys], "quantized": [lr[k] for k in keys]},
+        title="Latency per run (ms), measured interleaved",
+        unit=" ms",
+    )
 
 
 @SECTIONS.register("quantization")
 def _quantization(q: dict[str, Any], report: dict[str, Any]) -> str:
     html = "<h2>Settings chosen</h2><ul>" + "".join(f"<li>{escape(r)}</li>" for r in q["reasons"])
     html += "".join(f"<li class='warn'>{escape(w)}</li>" for w in q.get("warnings", [])) + "</ul>"
-    rows = [[c["settings"]["label"], c["fidelity"].get("cosine_mean", ""),
-             c["fidelity"].get("top1_agreement", ""), c.get("latency_ratio_vs_fp32") or "",
-             c.get("error") or ""] for c in q["candidates"]]
-    return html + "<h3>Candidates</h3>" + table(
-        ["settings", "cosine", "top-1 agreement", "latency / fp32", "error"], rows)
+    rows = [
+        [
+            c["settings"]["label"],
+            c["fidelity"].get("cosine_mean", ""),
+            c["fidelity"].get("top1_agreement", ""),
+            c.get("latency_ratio_vs_fp32") or "",
+            c.get("error") or "",
+        ]
+        for c in q["candidates"]
+    ]
+    return (
+        html
+        + "<h3>Candidates</h3>"
+        + table(["settings", "cosine", "top-1 agreement", "latency / fp32", "error"], rows)
+    )
 
 
 @SECTIONS.register("layers")
 def _layers(layers: list[dict[str, Any]], report: dict[str, Any]) -> str:
-    rows = [[l["name"], l["op_type"], l["precision"], l["weight_bytes"]] for l in layers]
-    top = sorted(layers, key=lambda l: -l["weight_bytes"])[:15]
-    chart = bar_chart([l["name"] for l in top], {"weight bytes": [l["weight_bytes"] for l in top]},
-                      title="Largest layers by weight bytes (quantized model)")
+    rows = [[ly["name"], ly["op_type"], ly["precision"], ly["weight_bytes"]] for ly in layers]
+    top = sorted(layers, key=lambda ly: -ly["weight_bytes"])[:15]
+    chart = bar_chart(
+        [ly["name"] for ly in top],
+        {"weight bytes": [ly["weight_bytes"] for ly in top]},
+        title="Largest layers by weight bytes (quantized model)",
+    )
     return "<h2>Layers</h2>" + chart + table(["layer", "op", "precision", "weight bytes"], rows)

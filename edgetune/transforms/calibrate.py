@@ -198,8 +198,14 @@ def _mse(st: TensorStats, percentile: float) -> tuple[float, float]:
     lo, hi = min(st.lo, 0.0), max(st.hi, 0.0)
     shrink = np.geomspace(0.01, 1.0, 60)
     for _ in range(2):
-        hi = min((max(st.hi, 0.0) * a for a in shrink), key=lambda h: _quant_error(centers, weights, lo, h))
-        lo = min((min(st.lo, 0.0) * a for a in shrink), key=lambda l: _quant_error(centers, weights, l, hi))
+        hi = min(
+            (max(st.hi, 0.0) * a for a in shrink),
+            key=lambda h: _quant_error(centers, weights, lo, h),
+        )
+        lo = min(
+            (min(st.lo, 0.0) * a for a in shrink),
+            key=lambda low: _quant_error(centers, weights, low, hi),
+        )
     return float(lo), float(hi)
 
 

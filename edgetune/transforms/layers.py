@@ -12,8 +12,19 @@ from edgetune.core.model import Model
 __all__ = ["LayerInfo", "layer_table"]
 
 LAYER_OPS = {
-    "Conv", "ConvTranspose", "MatMul", "Gemm", "MatMulInteger", "ConvInteger", "Gather",
-    "LSTM", "GRU", "Attention", "MatMulNBits", "BatchNormalization", "LayerNormalization",
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "Gather",
+    "LSTM",
+    "GRU",
+    "Attention",
+    "MatMulNBits",
+    "BatchNormalization",
+    "LayerNormalization",
 }
 _PLUMBING = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 _INT_TYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "int8", np.dtype(np.int32): "int32"}
@@ -56,7 +67,9 @@ def layer_table(model: Model) -> list[LayerInfo]:
     return table
 
 
-def _weights(node: Any, inits: dict[str, np.ndarray], producers: dict[str, Any]) -> tuple[list[np.ndarray], bool]:
+def _weights(
+    node: Any, inits: dict[str, np.ndarray], producers: dict[str, Any]
+) -> tuple[list[np.ndarray], bool]:
     weights: list[np.ndarray] = []
     acts_int8 = False
     for name in node.input:
@@ -85,6 +98,9 @@ def _info(node: Any, weights: list[np.ndarray], nbytes: int, acts_int8: bool) ->
         precision = str(main.dtype) if main is not None else "float32"
     name = node.name[: -len("_quant")] if node.name.endswith("_quant") else node.name
     return LayerInfo(
-        name=name or node.output[0], op_type=node.op_type, precision=precision,
-        weight_bytes=nbytes, activations_int8=acts_int8,
+        name=name or node.output[0],
+        op_type=node.op_type,
+        precision=precision,
+        weight_bytes=nbytes,
+        activations_int8=acts_int8,
     )

@@ -33,7 +33,11 @@ def preprocess(model: Model, workdir: Path) -> Model:
     src = workdir / "fp32.onnx"
     src.write_bytes(model.to_bytes())
     dst = workdir / "prepped.onnx"
-    attempts: list[dict[str, bool]] = [{}, {"skip_symbolic_shape": True}, {"skip_optimization": True}]
+    attempts: list[dict[str, bool]] = [
+        {},
+        {"skip_symbolic_shape": True},
+        {"skip_optimization": True},
+    ]
     for options in attempts:
         try:
             with _quiet_ort():
@@ -41,7 +45,9 @@ def preprocess(model: Model, workdir: Path) -> Model:
             return model.with_proto(_load_proto(dst))
         except Exception as exc:  # ORT's pre-processing raises many types
             log.info("pre-processing with %s failed: %s", options or "defaults", exc)
-    log.warning("ONNX Runtime pre-processing failed on %s; quantizing the model as it is", model.name)
+    log.warning(
+        "ONNX Runtime pre-processing failed on %s; quantizing the model as it is", model.name
+    )
     return model
 
 
@@ -132,7 +138,7 @@ def _run_ort(func: Any, **kwargs: Any) -> None:
         raise QuantizationError(f"ONNX Runtime could not quantize: {first}") from exc
 
 
-class _quiet_ort:  # noqa: N801 - used as a context manager
+class _quiet_ort:
     """ORT's quantizer logs advice on the root logger; route it to our debug log instead."""
 
     def __enter__(self) -> None:

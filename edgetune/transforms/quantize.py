@@ -44,7 +44,9 @@ __all__ = ["CandidateResult", "QuantizeResult", "quantize"]
 
 log = logging.getLogger(__name__)
 
-_CANDIDATE_LATENCY = LatencyConfig(warmup=3, min_iters=30, max_iters=400, min_seconds=0.5, max_seconds=4.0)
+_CANDIDATE_LATENCY = LatencyConfig(
+    warmup=3, min_iters=30, max_iters=400, min_seconds=0.5, max_seconds=4.0
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,8 +170,15 @@ def _start_search(
     session = rt.session(fp32)
     reference = run_outputs(session, select, progress=progress, label="float32 reference")
     return _Search(
-        fp32=fp32, prepped=prepped, workdir=workdir, calib_feeds=list(calib.feeds()),
-        select=select, reference=reference, fp32_session=session, runtime=rt, config=config,
+        fp32=fp32,
+        prepped=prepped,
+        workdir=workdir,
+        calib_feeds=list(calib.feeds()),
+        select=select,
+        reference=reference,
+        fp32_session=session,
+        runtime=rt,
+        config=config,
     )
 
 
@@ -220,11 +229,16 @@ def _evaluate(search: _Search, settings: QuantSettings, progress: Progress) -> C
     outputs = run_outputs(session, search.select)
     fidelity = get_metric("fidelity")(outputs, search.reference)
     feeds = list(search.select.feeds(limit=8))
-    lat = measure_interleaved({"fp32": search.fp32_session, "q": session}, feeds, _CANDIDATE_LATENCY)
+    lat = measure_interleaved(
+        {"fp32": search.fp32_session, "q": session}, feeds, _CANDIDATE_LATENCY
+    )
     ratio = lat["q"].p50 / max(lat["fp32"].p50, 1e-9)
     log.info("%s: cosine %.5f, latency x%.2f", settings.label(), fidelity.value, ratio)
     return CandidateResult(
-        settings=settings, fidelity=fidelity.details, latency_ratio=ratio, size_bytes=model.size_bytes
+        settings=settings,
+        fidelity=fidelity.details,
+        latency_ratio=ratio,
+        size_bytes=model.size_bytes,
     )
 
 

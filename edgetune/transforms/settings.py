@@ -143,7 +143,9 @@ def _type_pairs(isa: Isa) -> list[tuple[ActType, WeightType, bool]]:
     return [(ActType.U8, WeightType.S8, False), (ActType.S8, WeightType.S8, False)]
 
 
-def candidate_settings(config: QuantizeConfig, isa: Isa, model_ops: Iterable[str]) -> list[QuantSettings]:
+def candidate_settings(
+    config: QuantizeConfig, isa: Isa, model_ops: Iterable[str]
+) -> list[QuantSettings]:
     """The first-round candidates for ``config`` on ``isa`` (pinned settings applied to all)."""
     ops = set(model_ops)
     modes = _modes(config, ops)
@@ -155,8 +157,10 @@ def candidate_settings(config: QuantizeConfig, isa: Isa, model_ops: Iterable[str
                     mode=mode,
                     # dynamic quantization in ONNX Runtime always uses u8 activations
                     activations=ActType.U8 if mode is QuantMode.DYNAMIC else acts,
-                    weights=weights, per_channel=True,
-                    reduce_range=reduce, op_types=op_types,
+                    weights=weights,
+                    per_channel=True,
+                    reduce_range=reduce,
+                    op_types=op_types,
                     method=config.method or CalibMethod.MINMAX,
                     exclude_nodes=tuple(config.exclude_nodes),
                 )

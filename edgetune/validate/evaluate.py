@@ -92,12 +92,17 @@ def evaluate(
     bound = data if isinstance(data, BoundData) else bind(data, model)
     rt = get_runtime(runtime)
     outputs = run_outputs(
-        rt.session(model, config.session), bound, limit=config.limit, progress=progress,
+        rt.session(model, config.session),
+        bound,
+        limit=config.limit,
+        progress=progress,
         label=f"evaluating {model.name}",
     )
     ref_outputs = _reference_outputs(reference, metric, bound, rt, config, progress)
     value = metric(outputs, ref_outputs)
-    return EvaluateResult(model_name=model.name, metric=value, n_samples=len(outputs), outputs=outputs)
+    return EvaluateResult(
+        model_name=model.name, metric=value, n_samples=len(outputs), outputs=outputs
+    )
 
 
 def _reference_outputs(

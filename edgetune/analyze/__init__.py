@@ -1,0 +1,56 @@
+"""analyze: what the model costs on silicon (activation memory, fusions, layout, device fit).
+
+Modules load on first use, so importing this package stays light. The fit verb lives at
+``edgetune.analyze.fit.fit`` (``fit_many`` is exported here): a package attribute named like
+its submodule would be replaced by the module as soon as the module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "Device",
+    "FitConfig",
+    "FitResult",
+    "InspectConfig",
+    "InspectResult",
+    "MemoryConfig",
+    "MemoryPlan",
+    "Strategy",
+    "fit_many",
+    "get_device",
+    "inspect",
+    "load_devices",
+    "plan_memory",
+]
+
+_LAZY = {
+    "Device": "edgetune.analyze.devices",
+    "FitConfig": "edgetune.analyze.fit",
+    "FitResult": "edgetune.analyze.fit",
+    "InspectConfig": "edgetune.analyze.silicon",
+    "InspectResult": "edgetune.analyze.silicon",
+    "MemoryConfig": "edgetune.analyze.memory",
+    "MemoryPlan": "edgetune.analyze.memory",
+    "Strategy": "edgetune.analyze.memory",
+    "fit_many": "edgetune.analyze.fit",
+    "get_device": "edgetune.analyze.devices",
+    "inspect": "edgetune.analyze.silicon",
+    "load_devices": "edgetune.analyze.devices",
+    "plan_memory": "edgetune.analyze.memory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'edgetune.analyze' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
