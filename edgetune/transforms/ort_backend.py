@@ -33,8 +33,10 @@ def preprocess(model: Model, workdir: Path) -> Model:
     src = workdir / "fp32.onnx"
     src.write_bytes(model.to_bytes())
     dst = workdir / "prepped.onnx"
+    # transformer exports often need auto_merge for symbolic shape inference to complete
     attempts: list[dict[str, bool]] = [
         {},
+        {"auto_merge": True},
         {"skip_symbolic_shape": True},
         {"skip_optimization": True},
     ]
