@@ -133,3 +133,29 @@ def test_quantizing_nothing_is_an_error() -> None:
 def test_bad_config_values() -> None:
     with pytest.raises(ConfigError, match="percentile"):
         QuantizeConfig(percentile=100.0)
+
+
+def test_compact_names_keeps_outputs_and_layer_names() -> None:
+    from edgetune.runtimes import get_runtime
+    from edgetune.transforms.compact import compact_names
+
+    q = quantize(tiny_cnn(), QuantizeConfig(mode=QuantMode.STATIC), data=tiny_cnn_data(64)).model
+    layer_names = {n.name for n in q.proto.graph.node if "Quantize" not in n.op_type}
+    again = q.with_proto(compact_names(q.proto))  # idempotent on an already compact model
+    assert {n.name for n in again.proto.graph.node if n.name} >= layer_names - {""}
+    assert again.size_bytes <= q.size_bytes
+    feed = {"input": tiny_cnn_data(1)["input"]}
+    rt = get_runtime("onnxruntime")
+    np.testing.assert_array_equal(rt.session(q).run(feed)[0], rt.session(again).run(feed)[0])
+    assert [i.name for i in again.proto.graph.input] == ["input"]
+
+
+def test_atomic_files_get_normal_permissions(tmp_path) -> None:
+    import os
+
+    from edgetune.core.fileio import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "r.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

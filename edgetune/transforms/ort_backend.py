@@ -13,6 +13,7 @@ from typing import Any
 
 from edgetune.core.model import Model
 from edgetune.errors import QuantizationError
+from edgetune.transforms.compact import compact_names
 from edgetune.transforms.settings import ActType, QuantSettings, WeightType
 
 __all__ = ["build_dynamic", "build_static", "preprocess"]
@@ -123,7 +124,7 @@ def _checked_output(model: Model, path: Path) -> Model:
         raise QuantizationError(
             "no operator was quantized: the model has none of the operator types asked for"
         )
-    return model.with_proto(proto)
+    return model.with_proto(compact_names(proto))
 
 
 def _paths(workdir: Path, settings: QuantSettings, kind: str) -> tuple[Path, Path, Path]:
