@@ -20,6 +20,7 @@ from edgetune._version import __version__
 __all__ = [
     "BenchConfig",
     "BundleConfig",
+    "CascadeConfig",
     "CalibMethod",
     "DivergeConfig",
     "FitConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "QuantizeResult",
     "__version__",
     "bench",
+    "build_cascade",
     "create_bundle",
     "diverge",
     "errors",
@@ -51,6 +53,8 @@ __all__ = [
 _LAZY = {
     "BenchConfig": "edgetune.benchmark.bench",
     "BundleConfig": "edgetune.bundle.pack",
+    "CascadeConfig": "edgetune.cascade.config",
+    "build_cascade": "edgetune.cascade.build",
     "DivergeConfig": "edgetune.benchmark.diverge",
     "FitConfig": "edgetune.analyze.fit",
     "InspectConfig": "edgetune.analyze.silicon",

@@ -7,7 +7,10 @@ Its calibration cache (ORT >= 1.31) is how our ranges reach ``quantize_static``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ def preprocess(model: Model, workdir: Path) -> Model:
     ]
     for options in attempts:
         try:
-            with _quiet_ort():
+            with _quiet_ort(), _working_dir(workdir):
                 quant_pre_process(str(src), str(dst), **options)
             return model.with_proto(_load_proto(dst))
         except Exception as exc:  # ORT's pre-processing raises many types
@@ -139,6 +142,19 @@ def _run_ort(func: Any, **kwargs: Any) -> None:
     except Exception as exc:  # ORT's quantizer raises ValueError, RuntimeError and others
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise QuantizationError(f"ONNX Runtime could not quantize: {first}") from exc
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run with ``path`` as the working directory: ORT's symbolic shape inference saves
+    ``sym_shape_infer_temp.onnx`` and its external data into the current directory when it
+    cannot finish, and would otherwise litter the user's folder."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 class _quiet_ort:
