@@ -284,6 +284,11 @@ def _reasons(
         f"{chosen.score:.5f} (best {best:.5f}, tolerance {config.tolerance}), "
         f"latency x{chosen.latency_ratio:.2f} of float32 on held-out calibration samples"
     )
+    if not isa.u8s8_saturates and not s.saturation_free_on(Isa.AVX2):
+        reasons.append(
+            f"these settings rely on {isa.value}: on an x86 CPU without VNNI they can saturate; "
+            "quantize with --target-isa avx2 for a model that is safe on any x86 CPU"
+        )
     if chosen.latency_ratio is not None and chosen.latency_ratio > 1.0:
         reasons.append(
             "every accurate INT8 setting ran slower than float32 here: the model is too small "
