@@ -18,22 +18,30 @@ from typing import Any
 from edgetune._version import __version__
 
 __all__ = [
+    "AnalyzeConfig",
+    "AnalyzeResult",
     "BenchConfig",
     "BundleConfig",
-    "CascadeConfig",
     "CalibMethod",
+    "CascadeConfig",
     "DivergeConfig",
-    "FitConfig",
-    "InspectConfig",
     "EvaluateConfig",
     "EvaluateResult",
+    "FitConfig",
+    "InspectConfig",
     "Isa",
     "JobConfig",
     "Model",
+    "Objective",
+    "OptimizeConfig",
+    "OptimizeResult",
+    "Plan",
     "QuantMode",
     "QuantizeConfig",
     "QuantizeResult",
     "__version__",
+    "analyze",
+    "apply_plan",
     "bench",
     "build_cascade",
     "create_bundle",
@@ -43,14 +51,26 @@ __all__ = [
     "fit",
     "inspect",
     "load",
-    "quantize",
+    "load_plan",
+    "optimize",
     "plan_memory",
+    "quantize",
     "quantize_and_report",
     "run_demo",
     "verify_bundle",
 ]
 
 _LAZY = {
+    "AnalyzeConfig": "edgetune.optimize.config",
+    "AnalyzeResult": "edgetune.optimize.analysis",
+    "Objective": "edgetune.optimize.config",
+    "OptimizeConfig": "edgetune.optimize.config",
+    "OptimizeResult": "edgetune.optimize.result",
+    "Plan": "edgetune.transforms.plan",
+    "analyze": "edgetune.analyze",
+    "apply_plan": "edgetune.transforms.plan",
+    "load_plan": "edgetune.transforms.plan",
+    "optimize": "edgetune.optimize",
     "BenchConfig": "edgetune.benchmark.bench",
     "BundleConfig": "edgetune.bundle.pack",
     "CascadeConfig": "edgetune.cascade.config",
@@ -88,7 +108,8 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'edgetune' has no attribute {name!r}")
     module = importlib.import_module(module_name)
-    value = module if name == "errors" else getattr(module, name)
+    # errors is a module; analyze and optimize are packages that are also callable verbs
+    value = module if name in ("errors", "analyze", "optimize") else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -1,5 +1,7 @@
 """analyze: what the model costs on silicon (activation memory, fusions, layout, device fit).
 
+Calling the package, ``edgetune.analyze(model, config, data=..., eval_data=...)``, runs the
+per-layer sensitivity analysis of :mod:`edgetune.optimize.analysis`.
 Modules load on first use, so importing this package stays light. The fit verb lives at
 ``edgetune.analyze.fit.fit`` (``fit_many`` is exported here): a package attribute named like
 its submodule would be replaced by the module as soon as the module is imported.
@@ -8,6 +10,8 @@ its submodule would be replaced by the module as soon as the module is imported.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __all__ = [
@@ -54,3 +58,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _CallableModule(types.ModuleType):
+    """``edgetune.analyze(...)`` is the per-layer sensitivity verb (issue: one public verb per
+    capability), while ``edgetune.analyze`` is also this package: the package itself is made
+    callable so both hold whichever Python binds first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from edgetune.optimize.analysis import analyze
+
+        return analyze(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -60,6 +60,12 @@ def _op_types(text: str | None) -> tuple[str, ...] | None:
 )
 @click.option("--op-types", help="Comma-separated operator types to quantize (default: measured).")
 @click.option("--exclude", multiple=True, help="Node name to keep in float (repeatable).")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Apply a per-layer plan (from edgetune optimize --plan, or edited by hand).",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -78,12 +84,18 @@ def quantize(
     weights: str | None,
     op_types: str | None,
     exclude: tuple[str, ...],
+    plan_path: Path | None,
     output: Path,
     report_path: Path | None,
     html_path: Path | None,
     as_json: bool,
 ) -> None:
     """Quantize MODEL to INT8 with settings chosen (and measured) for the target CPU."""
+    if plan_path is not None:
+        _apply_plan(
+            model, plan_path, calib, eval_data, metric, output, report_path, html_path, as_json
+        )
+        return
     from edgetune.pipeline import JobConfig, quantize_and_report
     from edgetune.report import write_html, write_json
 
@@ -123,3 +135,32 @@ def quantize(
     else:
         summary_table(job.report)
         click.echo(f"wrote {output}")
+
+
+def _apply_plan(
+    model: Path,
+    plan_path: Path,
+    calib: str,
+    eval_data: str | None,
+    metric: str,
+    output: Path,
+    report_path: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
+    """``--plan``: build the per-layer plan; exit 1 when it misses the budget it records."""
+    from edgetune.cli.optimize import quantize_with_plan
+
+    code = quantize_with_plan(
+        model,
+        plan_path,
+        calib=calib,
+        eval_data=eval_data,
+        metric=metric,
+        output=output,
+        report_path=report_path,
+        html_path=html_path,
+        as_json=as_json,
+    )
+    if code:
+        raise click.exceptions.Exit(code)

@@ -1,0 +1,66 @@
+"""optimize: per-layer sensitivity analysis and automatic mixed precision under a budget.
+
+``analyze(model, config, *, data, eval_data)`` ranks every quantizable layer; ``optimize(model,
+config, *, data, eval_data)`` returns the smallest or fastest verified model within a metric
+drop. Modules load on first use.
+
+The package itself is callable (``edgetune.optimize(...)`` is ``optimize``), because the verb
+and the package share the name ``edgetune.optimize``: whichever Python binds to that attribute
+first, a call still reaches the verb.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+__all__ = [
+    "AnalyzeConfig",
+    "AnalyzeResult",
+    "Objective",
+    "OptimizeConfig",
+    "OptimizeResult",
+    "Plan",
+    "analyze",
+    "load_plan",
+    "optimize",
+    "verify_plan",
+]
+
+_LAZY = {
+    "AnalyzeConfig": "edgetune.optimize.config",
+    "Objective": "edgetune.optimize.config",
+    "OptimizeConfig": "edgetune.optimize.config",
+    "AnalyzeResult": "edgetune.optimize.analysis",
+    "analyze": "edgetune.optimize.analysis",
+    "OptimizeResult": "edgetune.optimize.result",
+    "optimize": "edgetune.optimize.search",
+    "verify_plan": "edgetune.optimize.search",
+    "Plan": "edgetune.transforms.plan",
+    "load_plan": "edgetune.transforms.plan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'edgetune.optimize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from edgetune.optimize.search import optimize
+
+        return optimize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
