@@ -12,10 +12,8 @@ Heavy modules load on first use, so ``import edgetune`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from edgetune._version import __version__
+from edgetune.core.lazy import lazy_getattr
 
 __all__ = [
     "AnalyzeConfig",
@@ -103,15 +101,10 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgetune' has no attribute {name!r}")
-    module = importlib.import_module(module_name)
-    # errors is a module; analyze and optimize are packages that are also callable verbs
-    value = module if name in ("errors", "analyze", "optimize") else getattr(module, name)
-    globals()[name] = value
-    return value
+# errors is a module; analyze and optimize are packages that are also callable verbs
+__getattr__ = lazy_getattr(
+    __name__, _LAZY, globals(), modules=frozenset({"errors", "analyze", "optimize"})
+)
 
 
 def __dir__() -> list[str]:

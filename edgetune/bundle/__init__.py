@@ -11,8 +11,7 @@ Every refusal raises :class:`BundleError` whose ``reason`` (a :class:`Reason`) s
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgetune.core.lazy import lazy_getattr
 
 __all__ = [
     "BundleConfig",
@@ -61,13 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgetune.bundle' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -11,10 +11,11 @@ first, a call still reaches the verb.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from edgetune.core.lazy import lazy_getattr
 
 __all__ = [
     "AnalyzeConfig",
@@ -43,13 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgetune.optimize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

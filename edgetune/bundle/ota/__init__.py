@@ -13,8 +13,7 @@ Modules: ``rollout`` (the stage policy, pure), ``fleet`` (server logic over the 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgetune.core.lazy import lazy_getattr
 
 __all__ = ["ClientConfig", "DeviceClient", "RolloutPolicy", "ServerConfig"]
 
@@ -26,10 +25,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'edgetune.bundle.ota' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
