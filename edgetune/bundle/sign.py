@@ -93,9 +93,9 @@ class SigningKey:
 
 
 def _verify_key(public: Any) -> VerifyKey:
+    serialization = _crypto()  # names the extra when cryptography is missing
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-    serialization = _crypto()
     der = public.public_bytes(serialization.Encoding.DER,
                               serialization.PublicFormat.SubjectPublicKeyInfo)
     keyid = hashlib.sha256(der).hexdigest()
@@ -109,9 +109,9 @@ def _verify_key(public: Any) -> VerifyKey:
 
 def generate_keypair(algorithm: KeyAlgorithm = KeyAlgorithm.ED25519) -> tuple[bytes, bytes]:
     """A new key pair as (private PEM, public PEM)."""
+    serialization = _crypto()  # names the extra when cryptography is missing
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-    serialization = _crypto()
     private: Any = (ed25519.Ed25519PrivateKey.generate() if algorithm is KeyAlgorithm.ED25519
                     else ec.generate_private_key(ec.SECP256R1()))
     private_pem = private.private_bytes(serialization.Encoding.PEM,
