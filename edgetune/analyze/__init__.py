@@ -9,11 +9,7 @@ its submodule would be replaced by the module as soon as the module is imported.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from edgetune.core.lazy import lazy_getattr
+from edgetune.core.lazy import lazy_getattr, make_callable
 
 __all__ = [
     "Device",
@@ -55,15 +51,5 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-class _CallableModule(types.ModuleType):
-    """``edgetune.analyze(...)`` is the per-layer sensitivity verb (issue: one public verb per
-    capability), while ``edgetune.analyze`` is also this package: the package itself is made
-    callable so both hold whichever Python binds first."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from edgetune.optimize.analysis import analyze
-
-        return analyze(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# the verb of the same name (see make_callable)
+make_callable(__name__, "edgetune.optimize.analysis:analyze")

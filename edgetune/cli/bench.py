@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +179,22 @@ def bench(
                 progress=progress,
             )
         report = result.report()
+    _emit(report, report_path, html_path, as_json, lambda: _print_bench(report))
+
+
+def _emit(
+    report: dict[str, Any],
+    report_path: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+    show: Callable[[], None],
+) -> None:
+    """Write the report files, then print JSON or the human tables."""
     _write(report, report_path, html_path)
     if as_json:
         echo_json(report)
     else:
-        _print_bench(report)
+        show()
 
 
 def _console() -> Any:
@@ -375,12 +386,9 @@ def diverge(
             runtime_settings=_settings(calib, None, ov_precision),
             progress=progress,
         )
-    report = result.report()
-    _write(report, report_path, html_path)
-    if as_json:
-        echo_json(report)
-    else:
-        _print_diverge(result.to_dict())
+    _emit(
+        result.report(), report_path, html_path, as_json, lambda: _print_diverge(result.to_dict())
+    )
     if not result.passed:
         ctx.exit(1)
 

@@ -32,3 +32,21 @@ def lazy_getattr(
         return value
 
     return __getattr__
+
+
+def make_callable(module_name: str, target: str) -> None:
+    """Make package ``module_name`` callable as the verb ``target`` (``"module:function"``).
+
+    Used where a verb and a package share a name (``edgetune.analyze``, ``edgetune.optimize``):
+    whichever Python binds to the attribute first, a call still reaches the verb.
+    """
+    import sys
+    import types
+
+    verb_module, _, verb_name = target.partition(":")
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module(verb_module), verb_name)(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _CallableModule

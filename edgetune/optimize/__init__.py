@@ -11,11 +11,7 @@ first, a call still reaches the verb.
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from edgetune.core.lazy import lazy_getattr
+from edgetune.core.lazy import lazy_getattr, make_callable
 
 __all__ = [
     "AnalyzeConfig",
@@ -51,11 +47,5 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from edgetune.optimize.search import optimize
-
-        return optimize(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# the verb of the same name (see make_callable)
+make_callable(__name__, "edgetune.optimize.search:optimize")
