@@ -210,3 +210,48 @@ def test_embedding_tables(choice: LayerChoice) -> None:
     feed = {"ids": data["ids"][:2]}
     want = weight_qdq(table, layer, choice)[feed["ids"]] @ numpy_helper.to_array(model.proto.graph.initializer[1])
     np.testing.assert_allclose(_outputs(result.model, feed), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="the s8-to-u8 rewrite is ONNX Runtime's x86 behaviour")
+def test_signed_activations_run_as_the_same_model_on_x86() -> None:
+    """Why the search offers only u8 activations on x86: ONNX Runtime rewrites s8 QDQ
+    activations to u8 (zero point + 128) before its u8 x s8 kernels, so both signs give the
+    same numbers on the real demo CNN (see transforms/settings.py and optimize/candidates.py)."""
+    from edgetune.core.data import bind
+    from edgetune.demo import asset_path
+    from edgetune.validate.evaluate import run_outputs
+
+    prepared = prepare(asset_path("model_fp32.onnx"), data=asset_path("calib.npz"), calib_limit=64)
+    data, _ = bind(asset_path("eval.npz"), prepared.model).split(300)
+    outputs = []
+    for act in (ActType.U8, ActType.S8):
+        choice = LayerChoice(precision=Precision.INT8, activations=act, weights=WeightType.S8,
+                             reduce_range=True, method=CalibMethod.MINMAX)
+        built = apply_plan(prepared.model, Plan(layers={lay.name: choice for lay in prepared.layers()}),
+                           prepared=prepared)
+        outputs.append(run_outputs(get_runtime("onnxruntime").session(built.model), data).stacked(0))
+    assert np.abs(outputs[0]).max() > 1.0
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("layer_name", ["proj", "embed"])
+def test_clipped_int4_blocks_survive_ort_packing(layer_name: str) -> None:
+    """MatMulNBits and GatherBlockQuantized carry edgetune's clipped 4-bit levels, not ORT's
+    own round-to-nearest: the built model computes with exactly the predicted weights."""
+    from onnx import numpy_helper
+
+    from edgetune.transforms.rounding import _blocked, _round_blocks
+
+    model, data = _tiny_embedding()
+    choice = LayerChoice(precision=P.INT4, block_size=16)
+    layer = next(lay for lay in find_layers(model) if lay.name == layer_name)
+    table, w = (numpy_helper.to_array(i) for i in model.proto.graph.initializer)
+    mine = weight_qdq(w if layer_name == "proj" else table, layer, choice)
+    q, scale, _ = _round_blocks(_blocked(w if layer_name == "proj" else table, layer, choice), True, 1.0)
+    plain = np.moveaxis((q * scale).reshape(*q.shape[:-2], -1), -1, 1 if layer_name == "embed" else 0)
+    assert np.abs(mine - plain).max() > 1e-3  # clipping changed some blocks
+    result = apply_plan(model, Plan(layers={layer_name: choice}, preprocess=False), data=data)
+    feed = {"ids": data["ids"][:4]}
+    want = (table[feed["ids"]] @ mine) if layer_name == "proj" else (mine[feed["ids"]] @ w)
+    np.testing.assert_allclose(_outputs(result.model, feed), want, rtol=1e-5, atol=1e-5)

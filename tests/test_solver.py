@@ -84,3 +84,16 @@ def test_problem_validation() -> None:
         Problem(options=[[]], budget=1.0)
     with pytest.raises(ConfigError, match="outside"):
         Problem(options=[_opts((1, 0))], budget=1.0, edges=[Edge(a=0, b=3, penalty=1)])
+
+
+def test_static_noise_scale_puts_the_excess_drop_on_the_static_layers() -> None:
+    from edgetune.optimize.search import static_noise_scale
+
+    # all dynamic: drop 0.5 per unit of noise; the mixed plan predicted 0.01 (0.004 of it
+    # static) but dropped as much as 0.016 of noise would: static was (0.016 - 0.006) / 0.004
+    scale = static_noise_scale(mixed=(0.01, 0.008), static_noise=0.004, dynamic=(0.01, 0.005), gamma=1.0)
+    assert scale == pytest.approx(2.5)
+    # label metrics: drop grows with the square root of the noise
+    scale = static_noise_scale(mixed=(0.01, 0.2), static_noise=0.005, dynamic=(0.01, 0.1), gamma=0.5)
+    assert scale == pytest.approx((0.04 - 0.005) / 0.005)
+    assert static_noise_scale(mixed=(0.01, 0.0), static_noise=0.004, dynamic=(0.01, 0.005), gamma=1.0) is None

@@ -45,6 +45,7 @@ __all__ = [
     "layer_forward",
     "local_noise",
     "record_layers",
+    "relative_error",
     "spearman",
 ]
 
@@ -260,19 +261,19 @@ def local_noise(record: LayerRecord, choice: LayerChoice, ranges: Mapping[str, t
         full = w.copy()
         full[ids] = wq
         delta = full[record.x.astype(np.int64)] - record.y
-        return _rel(wq - w[ids], w[ids]), _rel(delta, record.y), delta
+        return relative_error(wq - w[ids], w[ids]), relative_error(delta, record.y), delta
     wkey = ("w", choice.precision, choice.weights, choice.per_channel, choice.reduce_range,
             choice.block_size, choice.symmetric)
     if wkey not in cache:
         cache[wkey] = weight_qdq(w, layer, choice)
     wq = cache[wkey]
-    werr = _rel(wq - w, w)
+    werr = relative_error(wq - w, w)
     if not record.forward_ok:
         return werr, werr, None
     y = _float_output(record, cache) + _weight_part(record, wkey, wq, cache)
     y = y + _act_part(record, choice, ranges, cache)
     delta = output_qdq(y, choice, ranges.get(layer.output)) - cache["float"]
-    return werr, _rel(delta, record.y), delta
+    return werr, relative_error(delta, record.y), delta
 
 
 def _float_output(record: LayerRecord, cache: dict[Any, np.ndarray]) -> np.ndarray:
@@ -303,7 +304,8 @@ def _act_part(record: LayerRecord, choice: LayerChoice, ranges: Mapping[str, tup
     return 0.0 if part is None else part
 
 
-def _rel(err: np.ndarray, ref: np.ndarray) -> float:
+def relative_error(err: np.ndarray, ref: np.ndarray) -> float:
+    """||err||^2 / ||ref||^2, in float64."""
     return float(np.sum(np.square(err, dtype=np.float64))) / max(float(np.sum(np.square(ref, dtype=np.float64))), 1e-30)
 
 
@@ -338,7 +340,7 @@ class NoiseProbe:
     def output_noise(self, layer: str, delta: np.ndarray) -> tuple[float, float | None]:
         record = self._records[layer]
         out = self._run({_delta_name(record.layer): delta.astype(np.float32)})
-        noise = _rel(out - self.reference, self.reference)
+        noise = relative_error(out - self.reference, self.reference)
         return noise, _kl(self.reference, out) if out.ndim == 2 and out.shape[1] > 1 else None
 
 

@@ -20,9 +20,12 @@ __all__ = [
     "OptimizeConfig",
     "OptimizeResult",
     "Plan",
+    "RankingCheck",
+    "RankingConfig",
     "analyze",
     "load_plan",
     "optimize",
+    "ranking_check",
     "verify_plan",
 ]
 
@@ -35,6 +38,9 @@ _LAZY = {
     "OptimizeResult": "edgetune.optimize.result",
     "optimize": "edgetune.optimize.search",
     "verify_plan": "edgetune.optimize.search",
+    "RankingCheck": "edgetune.optimize.ranking",
+    "RankingConfig": "edgetune.optimize.ranking",
+    "ranking_check": "edgetune.optimize.ranking",
     "Plan": "edgetune.transforms.plan",
     "load_plan": "edgetune.transforms.plan",
 }

@@ -54,7 +54,8 @@ def _weight_formats(isa: Isa, full_range_safe: bool) -> list[tuple[WeightType, b
 
 
 def _act_types(isa: Isa) -> list[ActType]:
-    # x86 kernels shift s8 activations to u8 before the same u8 x s8 kernel: u8 only
+    # x86: ORT rewrites s8 activations to u8 before the same u8 x s8 kernel, so both give
+    # bit-identical outputs (tests/test_plan.py); only ARM has distinct s8 kernels
     return [ActType.S8, ActType.U8] if isa is Isa.ARM64 else [ActType.U8]
 
 

@@ -39,6 +39,7 @@ from edgetune.transforms.rounding import (
     int4_quantize,
     is_blocked,
     reduction_axis,
+    weight_qdq,
 )
 from edgetune.transforms.settings import ActType, WeightType
 
@@ -249,19 +250,22 @@ def _nbits_pass(model: Model, layers: Mapping[str, QuantLayer],
         if op in ("MatMul", "Gather"):
             groups.setdefault((op, c.block_size or 128, c.symmetric, c.accuracy_level), []).append(name)
     for (op, block, symmetric, level), names in sorted(groups.items(), key=str):
-        model = _nbits(model, op, names, block, symmetric, level)
+        chosen = {n: (layers[n], choices[n]) for n in names}
+        model = _nbits(model, op, chosen, block, symmetric, level)
     return model
 
 
-def _nbits(model: Model, op: str, names: list[str], block: int, symmetric: bool, level: int) -> Model:
+def _nbits(model: Model, op: str, chosen: Mapping[str, tuple[QuantLayer, LayerChoice]], block: int,
+           symmetric: bool, level: int) -> Model:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    keep = set(names)
-    exclude = [n.name for n in model.proto.graph.node if n.op_type == op and n.name not in keep]
+    exclude = [n.name for n in model.proto.graph.node if n.op_type == op and n.name not in chosen]
     proto = model.copy_proto()
+    if symmetric:
+        _preround_int4(proto, chosen.values())
     if op == "Gather" and _opset(proto) < 21:
         proto = _to_opset21(proto)  # int4 tables need opset 21; convert rather than relabel
     config = DefaultWeightOnlyQuantConfig(
@@ -275,6 +279,22 @@ def _nbits(model: Model, op: str, names: list[str], block: int, symmetric: bool,
         return quantizer.model.model
 
     return model.with_proto(_run_ort_value(run))
+
+
+def _preround_int4(proto: Any, chosen: Iterable[tuple[QuantLayer, LayerChoice]]) -> None:
+    """Replace each layer's weights by edgetune's clipped 4-bit values, dequantized.
+
+    ORT's quantizer rounds to nearest with each block's extreme as its scale (MLAS: scale =
+    extreme / -8), which wastes levels on outliers; :func:`int4_quantize` also tries clipping
+    each block. Every clipped block still holds a -8, so the quantizer, re-rounding these
+    values, finds exactly our scales and integers: the choice of levels is ours, the packing
+    ORT's (tests/test_plan.py checks the built weights against :func:`weight_qdq`)."""
+    from onnx import numpy_helper
+
+    for layer, choice in chosen:
+        w = _pop_initializer(proto, layer.weight)
+        deq = weight_qdq(w, layer, choice)
+        proto.graph.initializer.append(numpy_helper.from_array(deq.astype(np.float32), layer.weight))
 
 
 # ----- int4 Conv / Gemm

@@ -30,6 +30,7 @@ __all__ = [
     "is_blocked",
     "output_qdq",
     "reduction_axis",
+    "symmetric_per_channel",
     "weight_qdq",
 ]
 
@@ -78,6 +79,13 @@ def _per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return moved.min(axis=1).reshape(shape), moved.max(axis=1).reshape(shape)
 
 
+def symmetric_per_channel(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
+    """``w`` rounded to ``bits``-bit symmetric integers, one scale per channel along ``axis``
+    (levels -(2^(bits-1) - 1) to 2^(bits-1) - 1, zero point 0), dequantized."""
+    q = 2 ** (bits - 1) - 1
+    return _fake_quant(w, *_per_channel(w, axis), -q, q, True)
+
+
 def int8_weight_qdq(w: np.ndarray, layer: QuantLayer, choice: LayerChoice) -> np.ndarray:
     qmin, qmax, sym = _int8_range(choice.weights, choice.reduce_range)
     if choice.per_channel:
@@ -101,7 +109,7 @@ def effective_int4(layer: QuantLayer, choice: LayerChoice) -> LayerChoice:
 
 
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
-"""Clipping ratios tried per block for the 4-bit weights edgetune writes itself (Conv, Gemm)."""
+"""Clipping ratios tried per 4-bit block (the one with the least squared error is kept)."""
 
 
 def int4_quantize(w: np.ndarray, layer: QuantLayer, choice: LayerChoice
@@ -109,14 +117,16 @@ def int4_quantize(w: np.ndarray, layer: QuantLayer, choice: LayerChoice
     """(q [-8, 7] or [0, 15], scale per block, zero point per block) of weights ``w``.
 
     Blocks run along the reduction axis; ``block_size`` 0 makes one block per output channel.
-    Scales and zero points have the weight's shape with the block axis shortened. MatMul and
-    Gather use MLAS's round-to-nearest (what ``MatMulNBitsQuantizer`` writes); for Conv and
-    Gemm, whose 4-bit weights edgetune writes itself, each block's range is also clipped to
-    the ratio of :data:`_CLIP_RATIOS` that minimizes its squared error.
+    Scales and zero points have the weight's shape with the block axis shortened. Each block's
+    range is clipped to the ratio of :data:`_CLIP_RATIOS` that minimizes its squared error,
+    except asymmetric MatMul and Gather blocks, which keep MLAS's round-to-nearest over the
+    full range: ``MatMulNBitsQuantizer`` re-rounds the weights it is given, and only symmetric
+    clipped blocks survive that unchanged (see ``ort_plan._preround_int4``).
     """
     choice = effective_int4(layer, choice)
     blocks = _blocked(w, layer, choice)  # [..., n_blocks, block]
-    ratios = _CLIP_RATIOS if layer.op_type in ("Conv", "Gemm") else (1.0,)
+    clip = choice.symmetric or layer.op_type in ("Conv", "Gemm")
+    ratios = _CLIP_RATIOS if clip else (1.0,)
     best: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     for ratio in ratios:
         q, scale, zero = _round_blocks(blocks, choice.symmetric, ratio)
