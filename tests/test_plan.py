@@ -10,7 +10,7 @@ import pytest
 
 from edgetune.errors import ConfigError, DataError
 from edgetune.runtimes import get_runtime
-from edgetune.testing.tiny import tiny_cnn, tiny_cnn_data, tiny_mlp, tiny_mlp_data
+from edgetune.testing.tiny import tiny_cnn, tiny_cnn_data, tiny_embedding, tiny_mlp, tiny_mlp_data
 from edgetune.transforms.calibrate import CalibMethod
 from edgetune.transforms.plan import (
     LayerChoice,
@@ -177,24 +177,6 @@ def test_prepared_model_is_reused_and_nodes_named() -> None:
     assert a.model.to_bytes() == b.model.to_bytes()
 
 
-def _tiny_embedding():
-    """ids [N, 6] -> Gather(table [64, 32]) -> MatMul -> y."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from edgetune.core.model import Model
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 1, (64, 32)).astype(np.float32), "table"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (32, 8)).astype(np.float32), "w")]
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
-    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, 8])], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    return Model(proto=proto, name="emb"), {"ids": rng.integers(0, 64, (16, 6)).astype(np.int64)}
-
-
 @pytest.mark.parametrize("choice", [LayerChoice(precision=P.INT8_DYNAMIC),
                                     LayerChoice(precision=P.INT4, block_size=16),
                                     LayerChoice(precision=P.FP16)], ids=lambda c: c.label())
@@ -202,7 +184,7 @@ def test_embedding_tables(choice: LayerChoice) -> None:
     """Embedding rows come out of the built model exactly as the analysis predicts them."""
     from onnx import numpy_helper
 
-    model, data = _tiny_embedding()
+    model, data = tiny_embedding()
     result = apply_plan(model, Plan(layers={"embed": choice}, preprocess=False), data=data)
     assert result.applied["embed"] == choice.precision.value
     layer = next(lay for lay in find_layers(model) if lay.name == "embed")
@@ -243,7 +225,7 @@ def test_clipped_int4_blocks_survive_ort_packing(layer_name: str) -> None:
 
     from edgetune.transforms.rounding import _blocked, _round_blocks
 
-    model, data = _tiny_embedding()
+    model, data = tiny_embedding()
     choice = LayerChoice(precision=P.INT4, block_size=16)
     layer = next(lay for lay in find_layers(model) if lay.name == layer_name)
     table, w = (numpy_helper.to_array(i) for i in model.proto.graph.initializer)

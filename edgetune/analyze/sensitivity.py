@@ -69,6 +69,9 @@ class LayerRecord:
     samples: int = 1
     forward_ok: bool = True
     """Whether the numpy forward reproduces the runtime's output (else no local proxy)."""
+    hessian: np.ndarray | None = field(default=None, repr=False)
+    """``X^T X`` of the layer's input over calibration data other than the probe samples (for
+    GPTQ choices, whose noise is then measured out of sample)."""
 
     @property
     def macs_per_sample(self) -> int:
@@ -263,9 +266,9 @@ def local_noise(record: LayerRecord, choice: LayerChoice, ranges: Mapping[str, t
         delta = full[record.x.astype(np.int64)] - record.y
         return relative_error(wq - w[ids], w[ids]), relative_error(delta, record.y), delta
     wkey = ("w", choice.precision, choice.weights, choice.per_channel, choice.reduce_range,
-            choice.block_size, choice.symmetric)
+            choice.block_size, choice.symmetric, choice.gptq)
     if wkey not in cache:
-        cache[wkey] = weight_qdq(w, layer, choice)
+        cache[wkey] = weight_qdq(w, layer, choice, record.hessian)
     wq = cache[wkey]
     werr = relative_error(wq - w, w)
     if not record.forward_ok:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from edgetune.load import load
 from edgetune.optimize.candidates import (
     candidate_choices,
     class_representative,
+    gptq_applies,
     kernel_class,
     weight_bytes,
 )
@@ -260,7 +261,7 @@ def _context(source: Model, prepared: Prepared, metric: Metric, eval_data: DataS
 def _analyze_layers(prepared: Prepared, layers: list[QuantLayer], config: AnalyzeConfig, isa: Isa,
                     clock: _Clock, progress: Progress) -> tuple[list[LayerAnalysis], KernelProfiles]:
     feeds = batch_feeds(prepared.calib_feeds[: config.probe_samples], prepared.model)
-    records = record_layers(prepared.model, layers, feeds)
+    records = _with_hessians(record_layers(prepared.model, layers, feeds), prepared, config)
     stats = prepared.stats or {}
     wanted = {t: stats[t] for lay in layers for t in (lay.activation, lay.output) if t in stats}
     ranges = {m: compute_ranges(wanted, m, percentile=config.percentile) for m in CalibMethod}
@@ -284,6 +285,31 @@ def _analyze_layers(prepared: Prepared, layers: list[QuantLayer], config: Analyz
     out = [_layer_analysis(lay, records[lay.name], probed[lay.name], risks[lay.name], profiles, stats)
            for lay in layers]
     return out, profiles
+
+
+def _with_hessians(records: dict[str, LayerRecord], prepared: Prepared, config: AnalyzeConfig
+                   ) -> dict[str, LayerRecord]:
+    """Attach the calibration-input Hessian to the layers whose candidates include GPTQ."""
+    if Precision.INT4 not in config.precisions:
+        return records
+    wanted = [r.layer for r in records.values() if gptq_applies(r.layer)]
+    if not wanted:
+        return records
+    hessians = prepared.input_hessians(wanted)
+    return {name: replace(r, hessian=_held_out(hessians[name], r)) if name in hessians else r
+            for name, r in records.items()}
+
+
+def _held_out(hessian: np.ndarray, record: LayerRecord) -> np.ndarray:
+    """The Hessian without the probe samples' rows, so that a GPTQ layer's noise is measured
+    on inputs its rounding did not see. The probe samples are the first calibration samples,
+    so this is exact; the built model uses every sample (a slightly better, unmeasured fit).
+    In-sample, GPTQ's noise on MiniLM looked about 3x smaller than the drops it caused."""
+    x = record.x.reshape(-1, record.x.shape[-1]).astype(np.float64)
+    rest = hessian - x.T @ x
+    if np.trace(rest) < 0.25 * np.trace(hessian):  # too few other samples: keep them all
+        return hessian
+    return rest
 
 
 _CLASS_LATENCY = LatencyConfig(warmup=3, min_iters=20, max_iters=400, min_seconds=1.0,

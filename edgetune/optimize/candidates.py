@@ -21,7 +21,7 @@ from edgetune.transforms.plan import LayerChoice, Precision, QuantLayer
 from edgetune.transforms.rounding import channel_axis, effective_int4, reduction_axis
 from edgetune.transforms.settings import ActType, WeightType
 
-__all__ = ["candidate_choices", "kernel_class", "transition_kind", "weight_bytes"]
+__all__ = ["candidate_choices", "gptq_applies", "kernel_class", "transition_kind", "weight_bytes"]
 
 _INT4_BLOCKS = (0, 32, 128)
 _NBITS_BLOCKS = (32, 128)
@@ -91,8 +91,17 @@ def _int4(layer: QuantLayer) -> list[LayerChoice]:
                 for b in _INT4_BLOCKS if b == 0 or b < k]
     blocks = [b for b in _NBITS_BLOCKS if b <= max(k, 32)]
     levels = (0, 4) if layer.op_type == "MatMul" else (0,)
-    return [LayerChoice(precision=Precision.INT4, block_size=b, accuracy_level=lv)
-            for b in blocks for lv in levels]
+    out = [LayerChoice(precision=Precision.INT4, block_size=b, accuracy_level=lv)
+           for b in blocks for lv in levels]
+    if gptq_applies(layer):  # same kernel and bytes; rounded for the layer's output error
+        out += [LayerChoice(precision=Precision.INT4, block_size=b, accuracy_level=lv, gptq=True)
+                for b in blocks if k % b == 0 for lv in levels]
+    return out
+
+
+def gptq_applies(layer: QuantLayer) -> bool:
+    """GPTQ rounding is offered for 4-bit MatMul layers with 2-D weights."""
+    return layer.op_type == "MatMul" and layer.supports(Precision.INT4)
 
 
 def _unique(items: Sequence[LayerChoice]) -> list[LayerChoice]:

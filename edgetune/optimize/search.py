@@ -271,8 +271,8 @@ class _Search:
         difference is attributed to the static layers, and their noise is scaled by it
         (measured on MiniLM: predicted drop 0.009, measured 0.027)."""
         mixed = next((c for c in self.candidates if c.label.startswith("uniform 8-bit")), None)
-        if mixed is None:
-            return
+        if mixed is None or mixed.predicted_drop is None or mixed.drop <= 1.5 * mixed.predicted_drop:
+            return  # no anchor, or its drop was about as predicted
         static = self._noise_of({k: v for k, v in mixed.plan.layers.items() if v.precision is Precision.INT8})
         dynamic = _uniform(self.layers, self.by_name, (Precision.INT8_DYNAMIC,), None)
         if static <= 0 or not any(c.precision is Precision.INT8_DYNAMIC for c in dynamic.values()):
@@ -292,7 +292,7 @@ class _Search:
             log.info("static INT8 noise is %.1fx its prediction (uniform 8-bit dropped %.4f); "
                      "scaling it", scale, mixed.drop)
 
-    def noise_of(self, c: ChoiceCost) -> float:
+    def _corrected_noise(self, c: ChoiceCost) -> float:
         """A candidate's predicted output noise, corrected by what verified plans showed."""
         return c.sensitivity.output_noise * self.noise_scale.get(c.choice.precision, 1.0)
 
@@ -387,7 +387,7 @@ class _Search:
     # ----- problem
 
     def _problem(self, budget: float) -> Problem:
-        options = [[Option(cost=cost, noise=self.noise_of(c), kind=transition_kind(c.choice))
+        options = [[Option(cost=cost, noise=self._corrected_noise(c), kind=transition_kind(c.choice))
                     for c, cost in row] for row in self.table]
         return Problem(options=options, budget=budget, edges=self.edges)
 
@@ -398,14 +398,14 @@ class _Search:
         total = 0.0
         for name, choice in choices.items():
             match = next((c for c in self.by_name[name].choices if c.choice == choice), None)
-            total += self.noise_of(match) if match is not None else 0.0
+            total += self._corrected_noise(match) if match is not None else 0.0
         return total
 
     def _noise_limits(self) -> tuple[float, float]:
         """(least noise of any quantized option, noise of the cheapest plan)."""
-        quantized = [self.noise_of(c) for row in self.table for c, _ in row if c.choice.is_quantized]
+        quantized = [self._corrected_noise(c) for row in self.table for c, _ in row if c.choice.is_quantized]
         floor = min(quantized) if quantized else 0.0
-        ceiling = sum(self.noise_of(min(row, key=lambda t: t[1])[0]) for row in self.table)
+        ceiling = sum(self._corrected_noise(min(row, key=lambda t: t[1])[0]) for row in self.table)
         return floor, ceiling
 
     def _plan(self, choices: Mapping[str, LayerChoice]) -> Plan:

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetune.core.model import Model
 
-__all__ = ["tiny_cnn", "tiny_cnn_data", "tiny_mlp", "tiny_mlp_data"]
+__all__ = ["tiny_cnn", "tiny_cnn_data", "tiny_embedding", "tiny_mlp", "tiny_mlp_data"]
 
 
 def _init(name: str, array: np.ndarray) -> Any:
@@ -104,3 +104,19 @@ def tiny_mlp_data(n: int = 64, seed: int = 1, features: int = 16, classes: int =
         "x": rng.normal(0, 1, (n, features)).astype(np.float32),
         "labels": rng.integers(0, classes, n).astype(np.int64),
     }
+
+
+def tiny_embedding(seed: int = 0) -> tuple[Model, dict[str, np.ndarray]]:
+    """ids [N, 6] -> Gather(table [64, 32]) -> MatMul(w [32, 8]) -> y, and 16 rows of ids."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = [_init("table", rng.normal(0, 1, (64, 32)).astype(np.float32)),
+             _init("w", rng.normal(0, 0.3, (32, 8)).astype(np.float32))]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, 8])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return Model(proto=proto, name="emb"), {"ids": rng.integers(0, 64, (16, 6)).astype(np.int64)}

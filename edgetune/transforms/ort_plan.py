@@ -76,7 +76,7 @@ def build(prepared: Prepared, layers: Mapping[str, QuantLayer], choices: Mapping
         workdir = Path(tmp)
         model = _static_pass(model, prepared, layers, choices, percentile, workdir)
         model = _dynamic_pass(model, choices, workdir)
-    model = _nbits_pass(model, layers, choices)
+    model = _nbits_pass(model, prepared, layers, choices)
     model = _int4_dq_pass(model, layers, choices)
     model = _fp16_pass(model, layers, choices)
     applied = detect_precisions(model, layers)
@@ -242,7 +242,7 @@ def _dynamic_pass(model: Model, choices: Mapping[str, LayerChoice], workdir: Pat
 # ----- int4 MatMul / Gather
 
 
-def _nbits_pass(model: Model, layers: Mapping[str, QuantLayer],
+def _nbits_pass(model: Model, prepared: Prepared, layers: Mapping[str, QuantLayer],
                 choices: Mapping[str, LayerChoice]) -> Model:
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name, c in _select(choices, Precision.INT4).items():
@@ -251,12 +251,12 @@ def _nbits_pass(model: Model, layers: Mapping[str, QuantLayer],
             groups.setdefault((op, c.block_size or 128, c.symmetric, c.accuracy_level), []).append(name)
     for (op, block, symmetric, level), names in sorted(groups.items(), key=str):
         chosen = {n: (layers[n], choices[n]) for n in names}
-        model = _nbits(model, op, chosen, block, symmetric, level)
+        model = _nbits(model, prepared, op, chosen, block, symmetric, level)
     return model
 
 
-def _nbits(model: Model, op: str, chosen: Mapping[str, tuple[QuantLayer, LayerChoice]], block: int,
-           symmetric: bool, level: int) -> Model:
+def _nbits(model: Model, prepared: Prepared, op: str, chosen: Mapping[str, tuple[QuantLayer, LayerChoice]],
+           block: int, symmetric: bool, level: int) -> Model:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -265,7 +265,7 @@ def _nbits(model: Model, op: str, chosen: Mapping[str, tuple[QuantLayer, LayerCh
     exclude = [n.name for n in model.proto.graph.node if n.op_type == op and n.name not in chosen]
     proto = model.copy_proto()
     if symmetric:
-        _preround_int4(proto, chosen.values())
+        _preround_int4(proto, prepared, chosen.values())
     if op == "Gather" and _opset(proto) < 21:
         proto = _to_opset21(proto)  # int4 tables need opset 21; convert rather than relabel
     config = DefaultWeightOnlyQuantConfig(
@@ -281,7 +281,7 @@ def _nbits(model: Model, op: str, chosen: Mapping[str, tuple[QuantLayer, LayerCh
     return model.with_proto(_run_ort_value(run))
 
 
-def _preround_int4(proto: Any, chosen: Iterable[tuple[QuantLayer, LayerChoice]]) -> None:
+def _preround_int4(proto: Any, prepared: Prepared, chosen: Iterable[tuple[QuantLayer, LayerChoice]]) -> None:
     """Replace each layer's weights by edgetune's clipped 4-bit values, dequantized.
 
     ORT's quantizer rounds to nearest with each block's extreme as its scale (MLAS: scale =
@@ -291,9 +291,15 @@ def _preround_int4(proto: Any, chosen: Iterable[tuple[QuantLayer, LayerChoice]])
     ORT's (tests/test_plan.py checks the built weights against :func:`weight_qdq`)."""
     from onnx import numpy_helper
 
+    chosen = list(chosen)
+    gptq = [layer for layer, choice in chosen if choice.gptq]
+    hessians = prepared.input_hessians(gptq) if gptq else {}
     for layer, choice in chosen:
         w = _pop_initializer(proto, layer.weight)
-        deq = weight_qdq(w, layer, choice)
+        key = ("gptq", layer.name, choice.block_size)
+        if choice.gptq and key not in prepared.cache:
+            prepared.cache[key] = weight_qdq(w, layer, choice, hessians[layer.name])
+        deq = prepared.cache[key] if choice.gptq else weight_qdq(w, layer, choice)
         proto.graph.initializer.append(numpy_helper.from_array(deq.astype(np.float32), layer.weight))
 
 

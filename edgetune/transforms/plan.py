@@ -81,7 +81,7 @@ _SETTINGS: dict[Precision, tuple[str, ...]] = {
     Precision.FP16: (),
     Precision.INT8: ("activations", "weights", "per_channel", "reduce_range", "method"),
     Precision.INT8_DYNAMIC: ("weights", "per_channel", "reduce_range"),
-    Precision.INT4: ("block_size", "symmetric", "accuracy_level"),
+    Precision.INT4: ("block_size", "symmetric", "accuracy_level", "gptq"),
     Precision.A16: ("weights", "per_channel", "method"),
 }
 """The settings that mean something for each precision (the only keys a plan file may carry)."""
@@ -113,8 +113,12 @@ class LayerChoice:
     symmetric: bool = True
     accuracy_level: int = 0
     """MatMulNBits compute type: 0 float, 4 int8 (activations quantized per block)."""
+    gptq: bool = False
+    """Round 4-bit MatMul weights by GPTQ on the calibration inputs instead of to nearest."""
 
     def __post_init__(self) -> None:
+        if self.gptq and not self.symmetric:
+            raise ConfigError("GPTQ rounding is implemented for symmetric int4 blocks; set 'symmetric': true")
         if self.block_size != 0 and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise ConfigError(
                 f"The 'block_size' of an int4 layer must be 0 (per channel) or a power of two >= 16; "
@@ -144,7 +148,8 @@ class LayerChoice:
             block = f"block {self.block_size}" if self.block_size else "per-channel"
             sym = "sym" if self.symmetric else "asym"
             acc = " int8-compute" if self.accuracy_level == 4 else ""
-            return f"int4 {block} {sym}{acc}"
+            gptq = " gptq" if self.gptq else ""
+            return f"int4 {block} {sym}{gptq}{acc}"
         if p is Precision.A16:
             chan = "per-channel" if self.per_channel else "per-tensor"
             return f"a16 u16/{self.weights.value} {chan} {self.method.value}"
@@ -154,6 +159,8 @@ class LayerChoice:
         out: dict[str, Any] = {"precision": self.precision.value}
         for key in _SETTINGS[self.precision]:
             value = getattr(self, key)
+            if key == "gptq" and not value:
+                continue  # plans (and their fingerprints) from before GPTQ stay as they were
             out[key] = value.value if isinstance(value, Enum) else value
         return out
 
@@ -180,7 +187,7 @@ class LayerChoice:
 _ENUM_FIELDS: dict[str, type[Enum]] = {
     "activations": ActType, "weights": WeightType, "method": CalibMethod,
 }
-_BOOL_FIELDS = {"per_channel", "reduce_range", "symmetric"}
+_BOOL_FIELDS = {"per_channel", "reduce_range", "symmetric", "gptq"}
 _INT_FIELDS = {"block_size", "accuracy_level"}
 
 
@@ -375,9 +382,21 @@ class Prepared:
     calib_feeds: list[dict[str, np.ndarray]] = field(repr=False)
     stats: dict[str, TensorStats] | None = field(default=None, repr=False)
     workdir: Path | None = None
+    cache: dict[Any, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """Input Hessians and GPTQ weights, computed once per layer for every plan built from this."""
 
     def layers(self) -> list[QuantLayer]:
         return find_layers(self.model)
+
+    def input_hessians(self, layers: Sequence[QuantLayer]) -> dict[str, np.ndarray]:
+        """``X^T X`` of each layer's float input over the calibration samples (cached)."""
+        from edgetune.transforms.gptq import input_hessians
+
+        missing = {lay.name: lay.activation for lay in layers if ("hessian", lay.name) not in self.cache}
+        if missing:
+            for name, h in input_hessians(self.model, missing, self.calib_feeds).items():
+                self.cache[("hessian", name)] = h
+        return {lay.name: self.cache[("hessian", lay.name)] for lay in layers}
 
 
 def model_sha256(model: Model) -> str:
@@ -513,12 +532,13 @@ def apply_plan(
     source = load(model)
     if prepared is None:
         needs_stats = any(c.precision in (Precision.INT8, Precision.A16) for c in _choices(plan))
-        if needs_stats and data is None:
+        needs_data = needs_stats or any(c.gptq for c in _choices(plan))
+        if needs_data and data is None:
             raise DataError(
-                "the plan has int8 or a16 layers, which need calibration data; pass data= "
-                "(or --calib)"
+                "the plan has int8, a16 or GPTQ int4 layers, which need calibration data; pass "
+                "data= (or --calib)"
             )
-        prepared = prepare(source, data=data if needs_stats else None, preprocess=plan.preprocess,
+        prepared = prepare(source, data=data if needs_data else None, preprocess=plan.preprocess,
                            calib_limit=plan.calib_limit, with_stats=needs_stats, progress=progress)
     if plan.model_sha256 and plan.model_sha256 != prepared.source_sha256:
         log.warning("the plan was made for another version of %s (fingerprint differs)", plan.model_name)
@@ -554,6 +574,9 @@ def _resolve(plan: Plan, layers: Mapping[str, QuantLayer]) -> dict[str, LayerCho
                     f"choose one of {[p.value for p in Precision if layer.supports(p)]}"
                 )
             choice = FP32  # a default that does not fit this operator leaves it alone
+        if choice.gptq and layer.op_type != "MatMul":
+            raise ConfigError(f"layer {name!r} is a {layer.op_type}; GPTQ rounding applies to MatMul "
+                              "layers only: remove 'gptq' from its choice")
         out[name] = choice
     return out
 

@@ -18,6 +18,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from edgetune.errors import QuantizationError
+from edgetune.transforms.gptq import gptq_int4
 from edgetune.transforms.plan import LayerChoice, Precision, QuantLayer
 from edgetune.transforms.settings import ActType, WeightType
 
@@ -185,13 +187,19 @@ def expand_blocks(qz: np.ndarray, scale: np.ndarray, layer: QuantLayer, choice: 
     return np.moveaxis(flat, -1, axis)
 
 
-def weight_qdq(w: np.ndarray, layer: QuantLayer, choice: LayerChoice) -> np.ndarray:
-    """The layer's weights as the model built for ``choice`` computes with them."""
+def weight_qdq(w: np.ndarray, layer: QuantLayer, choice: LayerChoice,
+               hessian: np.ndarray | None = None) -> np.ndarray:
+    """The layer's weights as the model built for ``choice`` computes with them; GPTQ choices
+    need ``hessian``, the layer's input ``X^T X`` on the calibration data."""
     p = choice.precision
     if p is Precision.FP32:
         return w
     if p is Precision.FP16:
         return w.astype(np.float16).astype(np.float32)
+    if p is Precision.INT4 and choice.gptq:
+        if hessian is None or layer.op_type != "MatMul":
+            raise QuantizationError(f"GPTQ rounding of {layer.name!r} needs a MatMul and its input Hessian")
+        return gptq_int4(w, hessian, choice.block_size)
     if p is Precision.INT4:
         return int4_weight_qdq(w, layer, choice)
     if p is Precision.INT8_DYNAMIC and layer.op_type == "Gather":
