@@ -32,7 +32,8 @@ import numpy as np
 
 from edgetune.core.model import Model
 from edgetune.errors import DataError
-from edgetune.runtimes import SessionOptions, get_runtime
+from edgetune.runtimes import get_runtime
+from edgetune.transforms.calibrate import intermediate_session
 from edgetune.transforms.plan import LayerChoice, Precision, QuantLayer
 from edgetune.transforms.rounding import act_qdq, output_qdq, weight_qdq
 
@@ -100,21 +101,15 @@ def batch_feeds(feeds: Sequence[Feed], model: Model) -> list[Feed]:
 
 def record_layers(model: Model, layers: Sequence[QuantLayer], feeds: Sequence[Feed]) -> dict[str, LayerRecord]:
     """Float inputs and outputs of every layer on ``feeds`` (one runtime pass)."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    proto = model.copy_proto()
     wanted = list(dict.fromkeys(t for layer in layers for t in (layer.activation, layer.output)))
-    present = {o.name for o in proto.graph.output}
-    for name in wanted:
-        if name not in present:
-            proto.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = get_runtime("onnxruntime").session(model.with_proto(proto), SessionOptions(optimize=False))
-    index = {n: i for i, n in enumerate(session.output_names)}
+    session, index = intermediate_session(model, wanted)
     runs = [session.run(feed) for feed in feeds]
     tensors = {n: np.concatenate([np.asarray(r[index[n]]) for r in runs]) for n in wanted}
     inits = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer}
     samples = sum(_feed_samples(f) for f in feeds)
-    return {layer.name: _record(layer, tensors, inits, samples, proto) for layer in layers}
+    return {layer.name: _record(layer, tensors, inits, samples, model.proto) for layer in layers}
 
 
 def _feed_samples(feed: Feed) -> int:

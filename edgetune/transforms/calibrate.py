@@ -10,7 +10,7 @@ tensor) and derives the range of every method from them. The ranges then go to O
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -18,9 +18,9 @@ import numpy as np
 
 from edgetune.core.model import Model
 from edgetune.core.progress import NULL_PROGRESS, Progress
-from edgetune.runtimes import SessionOptions, get_runtime
+from edgetune.runtimes import Session, SessionOptions, get_runtime
 
-__all__ = ["CalibMethod", "TensorStats", "collect_stats", "compute_ranges"]
+__all__ = ["CalibMethod", "TensorStats", "collect_stats", "compute_ranges", "intermediate_session"]
 
 N_BINS = 2048
 
@@ -78,6 +78,20 @@ def float_tensors(model: Model) -> list[str]:
             if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
                 names.append(name)
     return names
+
+
+def intermediate_session(model: Model, names: Sequence[str]) -> tuple[Session, dict[str, int]]:
+    """An unoptimized ONNX Runtime session of ``model`` that also outputs the tensors
+    ``names``, and each output's index (graph optimizations off, so every tensor exists)."""
+    from onnx import helper
+
+    proto = model.copy_proto()
+    present = {o.name for o in proto.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in present:
+            proto.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = get_runtime("onnxruntime").session(model.with_proto(proto), SessionOptions(optimize=False))
+    return session, {n: i for i, n in enumerate(session.output_names)}
 
 
 def _augmented(model: Model, names: list[str]) -> Model:

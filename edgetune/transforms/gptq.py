@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from edgetune.core.model import Model
 from edgetune.errors import QuantizationError
 
 __all__ = ["gptq_int4", "input_hessians"]
@@ -94,24 +95,16 @@ def _block_scale(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best_scale.astype(np.float32).astype(np.float64), index
 
 
-def input_hessians(model: object, activations: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarray]]
+def input_hessians(model: Model, activations: Mapping[str, str], feeds: Sequence[Mapping[str, np.ndarray]]
                    ) -> dict[str, np.ndarray]:
     """``X^T X`` of each layer's float input (``activations``: layer name -> input tensor) over
     ``feeds``, one runtime pass per feed; every axis but the last is a row of X."""
-    from onnx import helper
-
-    from edgetune.runtimes import SessionOptions, get_runtime
+    from edgetune.transforms.calibrate import intermediate_session
 
     if not feeds:
         raise QuantizationError("GPTQ needs calibration data for the layers' input statistics; pass --calib")
-    proto = model.copy_proto()  # type: ignore[attr-defined]
-    present = {o.name for o in proto.graph.output}
     wanted = list(dict.fromkeys(activations.values()))
-    for name in wanted:
-        if name not in present:
-            proto.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = get_runtime("onnxruntime").session(model.with_proto(proto), SessionOptions(optimize=False))  # type: ignore[attr-defined]
-    index = {n: i for i, n in enumerate(session.output_names)}
+    session, index = intermediate_session(model, wanted)
     sums: dict[str, np.ndarray] = {}
     for feed in feeds:
         outputs = session.run(dict(feed))

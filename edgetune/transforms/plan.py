@@ -42,8 +42,7 @@ from edgetune.core.model import Model
 from edgetune.core.progress import NULL_PROGRESS, Progress
 from edgetune.errors import ConfigError, DataError
 from edgetune.load import load
-from edgetune.runtimes import SessionOptions, get_runtime
-from edgetune.transforms.calibrate import CalibMethod, TensorStats
+from edgetune.transforms.calibrate import CalibMethod, TensorStats, intermediate_session
 from edgetune.transforms.settings import ActType, WeightType
 
 __all__ = [
@@ -445,15 +444,7 @@ def collect_tensor_stats(model: Model, names: Sequence[str], feeds: Sequence[dic
                          *, progress: Progress = NULL_PROGRESS) -> dict[str, TensorStats]:
     """Min/max, then histograms, of the float tensors ``names`` (as ``calibrate.collect_stats``
     does for every tensor; a large model has many more tensors than a plan can quantize)."""
-    from onnx import helper
-
-    proto = model.copy_proto()
-    present = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in present:
-            proto.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = get_runtime("onnxruntime").session(model.with_proto(proto), SessionOptions(optimize=False))
-    index = {n: i for i, n in enumerate(session.output_names)}
+    session, index = intermediate_session(model, names)
     stats = {n: TensorStats(name=n) for n in names}
     for update in (TensorStats.update_range, TensorStats.update_hist):
         progress.start("calibrating", len(feeds))
