@@ -282,13 +282,15 @@ def _nbits(model: Model, prepared: Prepared, op: str, chosen: Mapping[str, tuple
 
 
 def _preround_int4(proto: Any, prepared: Prepared, chosen: Iterable[tuple[QuantLayer, LayerChoice]]) -> None:
-    """Replace each layer's weights by edgetune's clipped 4-bit values, dequantized.
+    """Replace each layer's weights by edgetune's 4-bit values (clipped, or GPTQ-rounded on the
+    calibration inputs), dequantized.
 
     ORT's quantizer rounds to nearest with each block's extreme as its scale (MLAS: scale =
-    extreme / -8), which wastes levels on outliers; :func:`int4_quantize` also tries clipping
-    each block. Every clipped block still holds a -8, so the quantizer, re-rounding these
-    values, finds exactly our scales and integers: the choice of levels is ours, the packing
-    ORT's (tests/test_plan.py checks the built weights against :func:`weight_qdq`)."""
+    extreme / -8), which wastes levels on outliers and ignores the inputs. Every block we write
+    still holds a -8 at its extreme, so the quantizer, re-rounding these values, finds exactly
+    our scales and integers: the choice of levels is ours, the packing ORT's (tests/test_plan.py
+    and tests/test_gptq.py check the built weights against :func:`weight_qdq`). GPTQ weights
+    are computed once per layer and block size and kept on ``prepared``."""
     from onnx import numpy_helper
 
     chosen = list(chosen)
