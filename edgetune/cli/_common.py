@@ -12,9 +12,15 @@ import click
 
 from edgetune.core.progress import NULL_PROGRESS, Progress
 
-__all__ = ["echo_json", "json_option", "progress_bar", "summary_table"]
+__all__ = ["echo_json", "json_option", "metric_option", "progress_bar", "summary_table"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+metric_option = click.option(
+    "--metric",
+    default="top1",
+    show_default=True,
+    help="top1, fidelity, or package.module:function(outputs, labels) -> float.",
+)
 
 
 class _RichProgress:

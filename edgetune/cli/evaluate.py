@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli._common import echo_json, json_option, progress_bar
+from edgetune.cli._common import echo_json, json_option, metric_option, progress_bar
 
 __all__ = ["evaluate"]
 
@@ -14,12 +14,7 @@ __all__ = ["evaluate"]
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--eval", "eval_data", required=True, help="Data: .npz or package.module:function.")
-@click.option(
-    "--metric",
-    default="top1",
-    show_default=True,
-    help="top1, fidelity, or package.module:function(outputs, labels) -> float.",
-)
+@metric_option
 @click.option(
     "--reference",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgetune.cli._common import echo_json, json_option, progress_bar
+from edgetune.cli._common import echo_json, json_option, metric_option, progress_bar
 from edgetune.core.fileio import check_writable
 from edgetune.core.isa import Isa, parse_isa
 
@@ -20,8 +20,7 @@ def _analysis_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--calib", required=True, help="Calibration data: .npz or package.module:function."),
         click.option("--eval", "eval_data", required=True, help="Held-out data the metric is measured on."),
-        click.option("--metric", default="top1", show_default=True,
-                     help="top1, fidelity, or package.module:function(outputs, labels) -> float."),
+        metric_option,
         click.option("--precisions", default=None,
                      help="Candidate precisions, e.g. int8,int4,fp16 (default: int8,int8-dynamic,int4,fp16)."),
         click.option("--target-isa", type=click.Choice([i.value for i in Isa]),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli._common import echo_json, json_option, progress_bar, summary_table
+from edgetune.cli._common import echo_json, json_option, metric_option, progress_bar, summary_table
 from edgetune.core.fileio import check_writable
 from edgetune.core.isa import Isa, parse_isa
 from edgetune.transforms.calibrate import CalibMethod
@@ -29,12 +29,7 @@ def _op_types(text: str | None) -> tuple[str, ...] | None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--calib", required=True, help="Calibration data: .npz or package.module:function.")
 @click.option("--eval", "eval_data", help="Held-out data to evaluate float32 and INT8 on.")
-@click.option(
-    "--metric",
-    default="top1",
-    show_default=True,
-    help="top1, fidelity, or package.module:function(outputs, labels) -> float.",
-)
+@metric_option
 @click.option(
     "--method",
     type=click.Choice([m.value for m in CalibMethod]),

@@ -224,11 +224,13 @@ class _Search:
     def run(self) -> None:
         self.progress.start("verifying candidates", self.config.max_verifications)
         lo, hi = 0.0, math.inf  # noise budgets known to pass, and to fail
+        anchors: list[Verified] = []
         for label, choices in self._anchors():
             if self._out_of_time() or self.verifications >= self.config.max_verifications:
                 break
             noise = self._noise_of(choices)
             c = self.candidates[self.verify(self._plan(choices), label, noise)]
+            anchors.append(c)
             self.noise.add(noise, c.drop, plan=True)
             self.progress.advance()
             if c.meets(self.config.max_drop):
@@ -237,7 +239,7 @@ class _Search:
             # budget, and its drop may come from what the additive noise model misses (on
             # MiniLM, uniform 8-bit fails at a predicted noise whose ILP plan passes).
         if not self._out_of_time() and self.verifications < self.config.max_verifications:
-            self._calibrate_static()
+            self._calibrate_static(anchors)
         if self._out_of_time():
             self.stopped = "time budget reached"
         else:
@@ -262,7 +264,7 @@ class _Search:
                 out.append((label, choices))
         return out
 
-    def _calibrate_static(self) -> None:
+    def _calibrate_static(self, anchors: Sequence[Verified]) -> None:
         """Correct static INT8's predicted noise when a plan shows it is underestimated.
 
         Static INT8 re-quantizes activations that several layers share, and its errors can be
@@ -270,7 +272,9 @@ class _Search:
         INT8 shows more drop per unit of predicted noise than the same layers all dynamic, the
         difference is attributed to the static layers, and their noise is scaled by it
         (measured on MiniLM: predicted drop 0.009, measured 0.027)."""
-        mixed = next((c for c in self.candidates if c.label.startswith("uniform 8-bit")), None)
+        if self.config.objective is not Objective.SIZE:
+            return  # the latency anchors are one kernel class each: nothing mixed to compare
+        mixed = next((c for c in anchors if any(v.precision is Precision.INT8 for v in c.plan.layers.values())), None)
         if mixed is None or mixed.predicted_drop is None or mixed.drop <= 1.5 * mixed.predicted_drop:
             return  # no anchor, or its drop was about as predicted
         static = self._noise_of({k: v for k, v in mixed.plan.layers.items() if v.precision is Precision.INT8})
